@@ -1,0 +1,71 @@
+// The greedy layer quantizers: OPTQ (Algorithm 2) and GPFQ in Gram form (DESIGN.md; equivalent to
+// Algorithm 1), each with optional AXE constraints (soft L1 threshold, exact greedy hard clip, per
+// channel or per tile of T inputs in the original input order), lazy-batch blocks and act-order.
+// Plus their reference twins: unblocked OPTQ and sample-based GPFQ (Algorithm 1 as written).
+#ifndef AXEQ_CORE_ALGORITHMS_H_
+#define AXEQ_CORE_ALGORITHMS_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/context.h"
+#include "core/options.h"
+#include "core/quantizer.h"
+
+namespace axeq {
+
+// What the AXE constraints of a run are (both empty for the base algorithm).
+struct Constraints {
+  bool hard_clip = false;  // the greedy accumulator-aware clip (Eq. 17-20)
+  MatrixXd lambdas;        // soft thresholds [C, tiles] in code units; empty = none
+};
+
+struct GreedyResult {
+  MatrixXi8 codes;            // [C, K]
+  double damping = 0;         // eta actually used (absolute), OPTQ only
+  int damping_retries = 0;    // how often Cholesky failed and eta grew x10
+  int64_t dead_inputs = 0;    // inputs whose quantized calibration values are all zero
+  std::vector<int64_t> order; // the column order used (act-order permutation)
+};
+
+// Returns the act-order permutation: inputs by descending diag(gram), ties by index.
+std::vector<int64_t> ActOrder(const Eigen::Ref<const MatrixXf>& gram, bool act_order);
+
+// Quantizes weights [C, K] with OPTQ given gram = X~^T X~ / D [K, K]. Errors: FAILED_PRECONDITION
+// when H stays indefinite after max_damping_retries, CANCELLED when ctx.should_stop fires.
+// Deterministic for a given precision; independent of the number of threads.
+absl::StatusOr<GreedyResult> RunOptq(const Eigen::Ref<const MatrixXf>& weights,
+                                     const Eigen::Ref<const MatrixXf>& gram,
+                                     const Eigen::Ref<const MatrixXf>& scales,
+                                     const Constraints& constraints, const LayerOptions& opts,
+                                     const RunContext& ctx);
+
+// Quantizes weights with GPFQ from cross = X~^T X / D and gram = X~^T X~ / D (both [K, K]):
+//   v_i = (sum_{j<=i} A_ij W_j - sum_{j<i} B_ij Q_j) / B_ii   (Algorithm 1, line 6, expanded).
+absl::StatusOr<GreedyResult> RunGpfq(const Eigen::Ref<const MatrixXf>& weights,
+                                     const Eigen::Ref<const MatrixXf>& cross,
+                                     const Eigen::Ref<const MatrixXf>& gram,
+                                     const Eigen::Ref<const MatrixXf>& scales,
+                                     const Constraints& constraints, const LayerOptions& opts,
+                                     const RunContext& ctx);
+
+// Reference twin of RunOptq: double precision, one column at a time, explicit H^-1.
+absl::StatusOr<GreedyResult> OptqReference(const Eigen::Ref<const MatrixXf>& weights,
+                                           const Eigen::Ref<const MatrixXf>& gram,
+                                           const Eigen::Ref<const MatrixXf>& scales,
+                                           const Constraints& constraints,
+                                           const LayerOptions& opts);
+
+// Reference twin of RunGpfq: Algorithm 1 on the samples x, xq [D, K] with the error state
+// U [D, C], in double precision.
+absl::StatusOr<GreedyResult> GpfqReference(const Eigen::Ref<const MatrixXf>& weights,
+                                           const Eigen::Ref<const MatrixXf>& x,
+                                           const Eigen::Ref<const MatrixXf>& xq,
+                                           const Eigen::Ref<const MatrixXf>& scales,
+                                           const Constraints& constraints,
+                                           const LayerOptions& opts);
+
+}  // namespace axeq
+
+#endif  // AXEQ_CORE_ALGORITHMS_H_

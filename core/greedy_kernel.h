@@ -1,0 +1,178 @@
+// Internal: the pieces OPTQ and GPFQ share. CodeChooser picks one integer code with AXE's soft
+// threshold and exact greedy hard clip; BlockedSweep runs the lazy-batch column sweep that both
+// algorithms reduce to (acc[:, j] -= delta * coupling[i, j] for j > i, deferred per block so the
+// bulk of the work is one GEMM per block); RunChunked splits output channels into fixed chunks.
+#ifndef AXEQ_CORE_GREEDY_KERNEL_H_
+#define AXEQ_CORE_GREEDY_KERNEL_H_
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "Eigen/Core"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "core/algorithms.h"
+#include "core/bounds.h"
+#include "core/status_macros.h"
+#include "core/context.h"
+
+namespace axeq::internal {
+
+template <typename S>
+using MatS = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
+template <typename S>
+using VecS = Eigen::Matrix<S, Eigen::Dynamic, 1>;
+
+// Output channels per chunk. Fixed, so that results do not depend on the thread count.
+inline constexpr int64_t kRowChunk = 128;
+
+// Chooses codes for one chunk of output channels [row0, row0 + rows).
+class CodeChooser {
+ public:
+  CodeChooser(const LayerOptions& opts, const Eigen::Ref<const MatrixXf>& scales,
+              const Constraints& constraints, int64_t k, int64_t row0, int64_t rows)
+      : scales_(scales),
+        lambdas_(constraints.lambdas.size() ? &constraints.lambdas : nullptr),
+        budget_(opts.inputs, opts.accumulator),
+        hard_(constraints.hard_clip),
+        rounding_(opts.rounding),
+        qmin_(WeightCodeMin(opts.weights)),
+        qmax_(WeightCodeMax(opts.weights)),
+        group_(scales.cols() == 1 ? k : opts.weights.group_size),
+        tile_((opts.accumulator.tile_size <= 0 || opts.accumulator.tile_size > k)
+                  ? k
+                  : opts.accumulator.tile_size),
+        row0_(row0) {
+    const int64_t tiles = (k + tile_ - 1) / tile_;
+    if (hard_) {
+      beta_.assign(rows * tiles, 0);
+      neg_.assign(rows * tiles, 0);
+    }
+    tiles_ = tiles;
+  }
+
+  // Returns the code for row r (chunk-local) and original input index o, given the algorithm's
+  // value in float units; *constrained receives the value after threshold and clip (float units).
+  // Non-finite values count as breakdowns and give code 0.
+  template <typename S>
+  int Choose(int64_t r, int64_t o, S value, S* constrained) {
+    const double s = scales_(row0_ + r, o / group_);
+    double u = static_cast<double>(value) / s;
+    if (!std::isfinite(u)) {
+      ++breakdowns_;
+      *constrained = S(0);
+      return 0;
+    }
+    const int64_t t = o / tile_;
+    if (lambdas_) {
+      const double lam = (*lambdas_)(row0_ + r, t);
+      u = std::copysign(std::max(std::abs(u) - lam, 0.0), u);
+    }
+    int64_t* beta = nullptr;
+    int64_t* neg = nullptr;
+    if (hard_) {
+      beta = &beta_[r * tiles_ + t];
+      neg = &neg_[r * tiles_ + t];
+      const double hi = static_cast<double>(budget_.MaxPositive(*beta, *neg));
+      const double lo = -static_cast<double>(budget_.MaxNegative(*beta, *neg));
+      u = std::clamp(u, lo, hi);
+    }
+    const int q = static_cast<int>(std::clamp(RoundCode(u, rounding_), double(qmin_), double(qmax_)));
+    if (hard_) {
+      if (q > 0) *beta += q;
+      else *neg -= q;
+    }
+    *constrained = static_cast<S>(u * s);
+    return q;
+  }
+
+  double Scale(int64_t r, int64_t o) const { return scales_(row0_ + r, o / group_); }
+  int64_t breakdowns() const { return breakdowns_; }
+
+ private:
+  Eigen::Ref<const MatrixXf> scales_;
+  const MatrixXd* lambdas_;
+  AccumulatorBudget budget_;
+  bool hard_;
+  Rounding rounding_;
+  int qmin_, qmax_;
+  int64_t group_, tile_, row0_, tiles_ = 1;
+  std::vector<int64_t> beta_, neg_;
+  int64_t breakdowns_ = 0;
+};
+
+// Runs the lazy-batch sweep over the K columns of acc (chunk rows x K, permuted order).
+// step(i, delta) chooses the codes of column i from acc.col(i) and writes the per-row update
+// coefficients into delta; the sweep then applies acc[:, j] -= delta * coupling(i, j), j > i,
+// inside the block at once and to the rest of the matrix as one GEMM per block.
+template <typename S, typename Step>
+absl::Status BlockedSweep(MatS<S>& acc, const MatS<S>& coupling, int64_t block,
+                          const RunContext& ctx, std::atomic<int64_t>* done, int64_t total,
+                          Step&& step) {
+  const int64_t k = acc.cols(), rows = acc.rows();
+  MatS<S> delta(rows, block);
+  for (int64_t b0 = 0; b0 < k; b0 += block) {
+    if (ctx.should_stop && ctx.should_stop()) return absl::CancelledError("quantization cancelled");
+    const int64_t b1 = std::min(k, b0 + block), w = b1 - b0;
+    for (int64_t i = b0; i < b1; ++i) {
+      auto d = delta.col(i - b0);
+      step(i, d);
+      if (i + 1 < b1) {
+        acc.middleCols(i + 1, b1 - i - 1).noalias() -=
+            d * coupling.row(i).segment(i + 1, b1 - i - 1);
+      }
+    }
+    if (b1 < k) {
+      acc.rightCols(k - b1).noalias() -=
+          delta.leftCols(w) * coupling.block(b0, b1, w, k - b1);
+    }
+    if (done) {
+      const int64_t now = done->fetch_add(w) + w;
+      if (ctx.progress) ctx.progress(now, total);
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Calls fn(row0, rows) for each fixed chunk of c output channels, through ctx.parallel_for when
+// given; returns the first error of any chunk.
+template <typename Fn>
+absl::Status RunChunked(int64_t c, const RunContext& ctx, Fn&& fn) {
+  const int64_t chunks = (c + kRowChunk - 1) / kRowChunk;
+  std::vector<absl::Status> status(chunks);
+  auto one = [&](int64_t j) {
+    const int64_t row0 = j * kRowChunk;
+    status[j] = fn(row0, std::min(kRowChunk, c - row0));
+  };
+  if (ctx.parallel_for && chunks > 1) {
+    ctx.parallel_for(chunks, one);
+  } else {
+    for (int64_t j = 0; j < chunks; ++j) one(j);
+  }
+  for (auto& s : status)
+    if (!s.ok()) return s;
+  return absl::OkStatus();
+}
+
+// Returns m(order, order) in scalar S, column-major.
+template <typename S>
+MatS<S> PermuteSymmetric(const Eigen::Ref<const MatrixXf>& m, const std::vector<int64_t>& order) {
+  const int64_t k = static_cast<int64_t>(order.size());
+  MatS<S> out(k, k);
+  for (int64_t j = 0; j < k; ++j)
+    for (int64_t i = 0; i < k; ++i) out(i, j) = static_cast<S>(m(order[i], order[j]));
+  return out;
+}
+
+inline absl::Status BreakdownError(int64_t n) {
+  return absl::FailedPreconditionError(absl::StrCat(
+      "numerical breakdown: ", n, " non-finite intermediate values (statistics too ill-conditioned;"
+      " try more damping or precision=float64)"));
+}
+
+}  // namespace axeq::internal
+
+#endif  // AXEQ_CORE_GREEDY_KERNEL_H_
