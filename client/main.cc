@@ -1,0 +1,310 @@
+// The `axeq` command line: quantize layers with the embedded engine, verify certificates, and
+// capture/evaluate a real llama2.c model (stories260K) end to end. Parses flags and wires; the
+// work is in client/job.cc, client/llama2c.cc and core/.
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <random>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "client/job.h"
+#include "client/llama2c.h"
+#include "core/bounds.h"
+#include "formats/certificate_json.h"
+
+namespace axeq {
+namespace {
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "axeq: error: %s: %s\n", absl::StatusCodeToString(s.code()).c_str(),
+               std::string(s.message()).c_str());
+  return s.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+}
+
+class ProgressBar {
+ public:
+  explicit ProgressBar(bool enabled) : enabled_(enabled), tty_(isatty(2)) {}
+  void Update(int layer, int layers, const std::string& name, double frac) {
+    if (!enabled_) return;
+    const double total = (layer + frac) / layers;
+    const int width = 30, filled = static_cast<int>(total * width);
+    if (tty_) {
+      std::fprintf(stderr, "\r[%s%s] %5.1f%% layer %d/%d %-32s", std::string(filled, '#').c_str(),
+                   std::string(width - filled, '.').c_str(), 100 * total, layer + 1, layers, name.c_str());
+      if (layer + 1 == layers && frac >= 1.0) std::fprintf(stderr, "\n");
+    } else if (frac >= 1.0) {
+      std::fprintf(stderr, "[%3.0f%%] layer %d/%d %s done\n", 100 * total, layer + 1, layers, name.c_str());
+    }
+  }
+
+ private:
+  bool enabled_, tty_;
+};
+
+void PrintTable(const std::vector<LayerOutcome>& outs) {
+  std::printf("%-30s %11s %-44s %8s %8s %6s %5s %5s %5s %-6s %7s\n", "layer", "C x K", "method", "rel.err",
+              "sparsity", "max|q|", "P", "minP", "minPO", "cert", "seconds");
+  for (const auto& o : outs) {
+    const auto& r = o.result;
+    std::printf("%-30s %11s %-44s %8.4f %8.3f %6d %5d %5d %5d %-6s %7.3f\n", o.name.c_str(),
+                absl::StrCat(r.codes.rows(), "x", r.codes.cols()).c_str(), r.description.substr(0, 44).c_str(),
+                r.report.relative_error, r.report.sparsity, r.report.max_abs_code, r.certificate.accumulator_bits,
+                r.report.min_accumulator_bits, r.report.min_outer_accumulator_bits,
+                r.certificate.safe ? "SAFE" : "UNSAFE", o.seconds);
+  }
+}
+
+absl::Status ParseEnum(const std::string& v, const std::map<std::string, int>& m, const char* flag, int* out) {
+  auto it = m.find(v);
+  if (it == m.end()) {
+    std::string allowed;
+    for (const auto& [k, _] : m) absl::StrAppend(&allowed, allowed.empty() ? "" : "|", k);
+    return absl::InvalidArgumentError(absl::StrCat(flag, " must be one of ", allowed, ", got '", v, "'"));
+  }
+  *out = it->second;
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace axeq
+
+int main(int argc, char** argv) {
+  using namespace axeq;
+  CLI::App app{"axeq: accumulator-aware post-training quantization (GPFQ/OPTQ + AXE) with overflow certificates"};
+  app.require_subcommand(1);
+
+  // quantize
+  auto* q = app.add_subcommand("quantize", "Quantize the linear layers of a safetensors file (embedded engine)");
+  std::string model_path, cal_path, out_path, algorithm = "optq", variant = "axe", alphabet = "narrow",
+              precision = "float32", optq_error = "original", act_range = "minmax", layers_csv;
+  int weight_bits = 4, act_bits = 8, acc_bits = 32, tile = 0, group = 0, block = 128, threads = 0;
+  bool no_axe = false, signed_inputs = false, json = false, quiet = false, no_act_order = false,
+       no_bias_correction = false, twos = false;
+  double damping = 0.01, pct_low = 0.001, pct_high = 99.999;
+  q->add_option("--model", model_path, "LAYERS.safetensors: <layer>.weight [C, K] (+ <layer>.bias)")->required();
+  q->add_option("--calibration", cal_path, "CAL.safetensors: <layer>.inputs [D, K] (+ <layer>.quant_inputs)")->required();
+  q->add_option("--out", out_path, "RESULT.safetensors to write")->required();
+  q->add_option("--weight-bits", weight_bits, "M, 2..8")->capture_default_str();
+  q->add_option("--act-bits", act_bits, "N, 2..16")->capture_default_str();
+  q->add_option("--acc-bits", acc_bits, "P (P_I of each tile when --tile is set), 2..64")->capture_default_str();
+  q->add_option("--tile", tile, "T inputs per inner accumulator (original input order); 0 = monolithic")->capture_default_str();
+  q->add_option("--algorithm", algorithm, "optq|gpfq")->capture_default_str();
+  q->add_flag("--no-axe", no_axe, "run the base algorithm without accumulator constraints");
+  q->add_option("--variant", variant, "axe|rtn|rtz|hco|ep-init|naive (rtn = axe)")->capture_default_str();
+  q->add_option("--group-size", group, "per-group weight scales of G inputs; 0 = per channel")->capture_default_str();
+  q->add_option("--alphabet", alphabet, "narrow [-(2^(M-1)-1), 2^(M-1)-1] | full (adds -2^(M-1))")->capture_default_str();
+  q->add_flag("--signed-inputs", signed_inputs, "signed symmetric activations instead of unsigned with zero-point");
+  q->add_option("--act-range", act_range, "minmax|percentile: how the per-tensor activation range is calibrated")->capture_default_str();
+  q->add_option("--act-percentile-low", pct_low, "low percentile for --act-range percentile")->capture_default_str();
+  q->add_option("--act-percentile-high", pct_high, "high percentile for --act-range percentile")->capture_default_str();
+  q->add_flag("--twos-complement-acc", twos, "the accumulator may hold -2^(P-1) (default: symmetric range)");
+  q->add_option("--damping", damping, "OPTQ dampening as a fraction of mean diag(H)")->capture_default_str();
+  q->add_option("--block-size", block, "lazy-batch block width")->capture_default_str();
+  q->add_option("--precision", precision, "float32|float64")->capture_default_str();
+  q->add_option("--optq-error", optq_error, "original (Algorithm 2) | constrained (Brevitas)")->capture_default_str();
+  q->add_flag("--no-act-order", no_act_order, "quantize inputs in their original order");
+  q->add_flag("--no-bias-correction", no_bias_correction, "keep biases as they are");
+  q->add_option("--layers", layers_csv, "comma-separated layer names (default: all)");
+  q->add_option("--threads", threads, "worker threads (0 = hardware threads)")->capture_default_str();
+  q->add_flag("--json", json, "print a machine-readable JSON report on stdout");
+  q->add_flag("--quiet", quiet, "no progress bar");
+
+  // verify
+  auto* v = app.add_subcommand("verify", "Re-check every certificate in a RESULT.safetensors from the codes alone");
+  std::string verify_path;
+  bool verify_json = false;
+  v->add_option("result", verify_path, "RESULT.safetensors")->required();
+  v->add_flag("--json", verify_json, "JSON output");
+
+  // llama2c-capture
+  auto* cap = app.add_subcommand("llama2c-capture", "Run a llama2.c checkpoint on sampled text and write its linear layers and their calibration inputs");
+  std::string ckpt, cap_model, cap_cal, vocab_path;
+  int sequences = 8, length = 128;
+  uint64_t seed = 0;
+  cap->add_option("--checkpoint", ckpt, "model .bin (llama2.c v0)")->required();
+  cap->add_option("--out-model", cap_model, "LAYERS.safetensors to write")->required();
+  cap->add_option("--out-calibration", cap_cal, "CAL.safetensors to write")->required();
+  cap->add_option("--sequences", sequences, "calibration sequences sampled from the model")->capture_default_str();
+  cap->add_option("--length", length, "tokens per sequence")->capture_default_str();
+  cap->add_option("--seed", seed, "sampling seed")->capture_default_str();
+  cap->add_option("--tokenizer", vocab_path, "tok512.bin: print the greedy story as a loader check");
+
+  // llama2c-eval
+  auto* ev = app.add_subcommand("llama2c-eval", "Perplexity of a llama2.c model, float and with a RESULT's quantized layers");
+  std::string ev_result;
+  int ev_sequences = 8;
+  uint64_t ev_seed = 1000;
+  ev->add_option("--checkpoint", ckpt, "model .bin")->required();
+  ev->add_option("--result", ev_result, "RESULT.safetensors from axeq quantize");
+  ev->add_option("--sequences", ev_sequences, "held-out sequences sampled with a seed disjoint from calibration")->capture_default_str();
+  ev->add_option("--length", length, "tokens per sequence")->capture_default_str();
+  ev->add_option("--seed", ev_seed, "sampling seed (must differ from the capture seed)")->capture_default_str();
+
+  CLI11_PARSE(app, argc, argv);
+
+  if (q->parsed()) {
+    JobOptions jo;
+    LayerOptions& lo = jo.layer;
+    int alg, var, alpha, prec, form, range;
+    for (auto s : {ParseEnum(algorithm, {{"optq", 0}, {"gpfq", 1}}, "--algorithm", &alg),
+                   ParseEnum(variant, {{"axe", 0}, {"rtn", 0}, {"rtz", 1}, {"hco", 2}, {"ep-init", 3}, {"naive", 4}}, "--variant", &var),
+                   ParseEnum(alphabet, {{"narrow", 0}, {"full", 1}}, "--alphabet", &alpha),
+                   ParseEnum(precision, {{"float32", 0}, {"float64", 1}}, "--precision", &prec),
+                   ParseEnum(optq_error, {{"original", 0}, {"constrained", 1}}, "--optq-error", &form),
+                   ParseEnum(act_range, {{"minmax", 0}, {"percentile", 1}}, "--act-range", &range)})
+      if (!s.ok()) return Fail(s);
+    lo.algorithm = alg ? Algorithm::kGpfq : Algorithm::kOptq;
+    lo.method = var == 3 ? Method::kEpInit : var == 4 ? Method::kNaive : Method::kAxe;
+    if (var == 1) lo.rounding = Rounding::kToZero;
+    if (var == 2) lo.soft_threshold = false;
+    if (no_axe) lo.method = Method::kBase;
+    lo.weights.bits = weight_bits;
+    lo.weights.alphabet = alpha ? WeightAlphabet::kFull : WeightAlphabet::kNarrow;
+    lo.weights.group_size = group;
+    lo.inputs.bits = act_bits;
+    lo.inputs.is_signed = signed_inputs;
+    lo.accumulator.bits = acc_bits;
+    lo.accumulator.tile_size = tile;
+    lo.accumulator.twos_complement = twos;
+    lo.damping = damping;
+    lo.block_size = block;
+    lo.precision = prec ? Precision::kFloat64 : Precision::kFloat32;
+    lo.optq_error = form ? OptqErrorForm::kConstrained : OptqErrorForm::kOriginal;
+    lo.act_order = !no_act_order;
+    lo.bias_correction = !no_bias_correction;
+    if (range == 1) jo.activation_calibration = {pct_low, pct_high};
+    if (!layers_csv.empty()) jo.layers = absl::StrSplit(layers_csv, ',', absl::SkipEmpty());
+    jo.threads = threads;
+    auto model = ReadSafetensors(model_path);
+    if (!model.ok()) return Fail(model.status());
+    auto cal = ReadSafetensors(cal_path);
+    if (!cal.ok()) return Fail(cal.status());
+    ProgressBar bar(!quiet);
+    auto outs = RunQuantizeJob(*model, *cal, jo, [&](int l, int n, const std::string& name, double f) { bar.Update(l, n, name, f); });
+    if (!outs.ok()) return Fail(outs.status());
+    if (auto s = WriteSafetensors(out_path, ResultsToFile(*outs, jo)); !s.ok()) return Fail(s);
+    bool all_safe = true;
+    for (const auto& o : *outs) all_safe = all_safe && o.result.certificate.safe;
+    if (json) {
+      nlohmann::json j = {{"result", out_path}, {"all_certified", all_safe}, {"layers", nlohmann::json::array()}};
+      for (const auto& o : *outs) {
+        nlohmann::json r = ReportToJson(o);
+        r["certificate"] = CertificateToJson(o.result.certificate);
+        r["certificate"].erase("channels");
+        j["layers"].push_back(r);
+      }
+      std::cout << j.dump(2) << std::endl;
+    } else {
+      PrintTable(*outs);
+      std::printf("wrote %s: %zu layers, certificates: %s\n", out_path.c_str(), outs->size(),
+                  all_safe ? "all SAFE" : "some UNSAFE (the codes exceed the target accumulator; expected for --no-axe)");
+    }
+    return 0;
+  }
+
+  if (v->parsed()) {
+    auto f = ReadSafetensors(verify_path);
+    if (!f.ok()) return Fail(f.status());
+    auto res = VerifyResultFile(*f);
+    if (!res.ok()) return Fail(res.status());
+    bool ok = true;
+    nlohmann::json j = nlohmann::json::array();
+    for (const auto& r : *res) {
+      ok = ok && r.consistent && r.safe;
+      if (verify_json) {
+        j.push_back({{"layer", r.name}, {"consistent", r.consistent}, {"safe", r.safe}, {"problems", r.problems}});
+      } else {
+        std::printf("%-32s %-12s %-7s P=%d T=%lld minP=%d minPO=%d\n", r.name.c_str(),
+                    r.consistent ? "CONSISTENT" : "TAMPERED", r.safe ? "SAFE" : "UNSAFE", r.accumulator_bits,
+                    static_cast<long long>(r.tile_size), r.min_accumulator_bits, r.min_outer_accumulator_bits);
+        for (const auto& p : r.problems) std::printf("    %s\n", p.c_str());
+      }
+    }
+    if (verify_json) std::cout << j.dump(2) << std::endl;
+    else std::printf("%s: %zu certificates, %s\n", verify_path.c_str(), res->size(), ok ? "all verified SAFE" : "NOT all verified safe");
+    return ok ? 0 : 1;
+  }
+
+  if (cap->parsed()) {
+    auto m = LoadLlama2c(ckpt);
+    if (!m.ok()) return Fail(m.status());
+    if (!vocab_path.empty()) {
+      auto vocab = LoadLlama2cVocab(vocab_path, m->config.vocab_size);
+      if (!vocab.ok()) return Fail(vocab.status());
+      std::mt19937_64 g(0);
+      std::printf("greedy sample: %s\n", DecodeTokens(*vocab, Llama2cGenerate(*m, 40, 0.0f, g)).c_str());
+    }
+    std::mt19937_64 rng(seed);
+    std::map<std::string, std::vector<MatrixXf>> captured;
+    int64_t tokens = 0;
+    for (int s = 0; s < sequences; ++s) {
+      const std::vector<int> seq = Llama2cGenerate(*m, length, 1.0f, rng);
+      tokens += static_cast<int64_t>(seq.size());
+      Llama2cForward(*m, seq, nullptr, [&](const std::string& n, const MatrixXf& x) { captured[n].push_back(x); });
+    }
+    SafetensorsFile layers, cal;
+    for (const auto& [name, w] : m->linears) layers.tensors[name + ".weight"] = MatrixToTensor(w);
+    for (const auto& [name, xs] : captured) {
+      int64_t rows = 0;
+      for (const auto& x : xs) rows += x.rows();
+      MatrixXf all(rows, xs[0].cols());
+      int64_t r = 0;
+      for (const auto& x : xs) all.middleRows(r, x.rows()) = x, r += x.rows();
+      cal.tensors[name + ".inputs"] = MatrixToTensor(all);
+    }
+    layers.metadata["source"] = ckpt;
+    cal.metadata["source"] = absl::StrCat(sequences, " sequences sampled from the model at temperature 1, seed ", seed);
+    if (auto s = WriteSafetensors(cap_model, layers); !s.ok()) return Fail(s);
+    if (auto s = WriteSafetensors(cap_cal, cal); !s.ok()) return Fail(s);
+    std::printf("captured %zu linear layers over %lld calibration tokens -> %s, %s\n", m->linears.size(),
+                static_cast<long long>(tokens), cap_model.c_str(), cap_cal.c_str());
+    return 0;
+  }
+
+  if (ev->parsed()) {
+    auto m = LoadLlama2c(ckpt);
+    if (!m.ok()) return Fail(m.status());
+    std::mt19937_64 rng(ev_seed);
+    std::vector<std::vector<int>> seqs;
+    for (int s = 0; s < ev_sequences; ++s) seqs.push_back(Llama2cGenerate(*m, length, 1.0f, rng));
+    const double float_nll = MeanNll(*m, seqs);
+    std::printf("float model:      perplexity %.3f on %d held-out sampled sequences\n", std::exp(float_nll), ev_sequences);
+    if (!ev_result.empty()) {
+      auto f = ReadSafetensors(ev_result);
+      if (!f.ok()) return Fail(f.status());
+      const int group = f->metadata.count("axeq.group_size") ? std::stoi(f->metadata["axeq.group_size"]) : 0;
+      std::map<std::string, QuantizedLinear> ql;
+      for (const auto& name : m->LinearNames()) {
+        if (!f->tensors.count(name + ".qweight")) continue;
+        auto codes = TensorToCodes(f->tensors[name + ".qweight"], name);
+        auto scales = TensorToMatrix(f->tensors[name + ".scales"], name + ".scales");
+        if (!codes.ok() || !scales.ok()) return Fail(codes.ok() ? scales.status() : codes.status());
+        auto rep = nlohmann::json::parse(f->metadata[name + ".report"], nullptr, false);
+        QuantizedLinear qlin;
+        qlin.weight = Dequantize(*codes, *scales, group);
+        ActivationQuantizer act;
+        act.spec.bits = rep.value("input_bits", 8);
+        act.spec.is_signed = false;
+        float scale;
+        int32_t zp;
+        std::memcpy(&scale, f->tensors[name + ".input_scale"].data.data(), 4);
+        std::memcpy(&zp, f->tensors[name + ".input_zero_point"].data.data(), 4);
+        act.scale = scale;
+        act.zero_point = zp;
+        act.spec.is_signed = zp == 0 && rep.value("input_signed", false);
+        qlin.input = act;
+        ql[name] = std::move(qlin);
+      }
+      const double qnll = MeanNll(*m, seqs, &ql);
+      std::printf("quantized model:  perplexity %.3f (%zu linear layers replaced; %+.2f%%)\n", std::exp(qnll), ql.size(),
+                  100 * (std::exp(qnll) / std::exp(float_nll) - 1));
+    }
+    return 0;
+  }
+  return 0;
+}

@@ -1,0 +1,195 @@
+// safetensors I/O with strict validation of the header and offsets.
+#include "formats/safetensors.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+
+namespace axeq {
+namespace {
+
+int64_t DtypeSize(const std::string& d) {
+  if (d == "F32" || d == "I32") return 4;
+  if (d == "F16" || d == "BF16" || d == "I16") return 2;
+  if (d == "I8" || d == "U8" || d == "BOOL") return 1;
+  if (d == "F64" || d == "I64") return 8;
+  return 0;
+}
+
+float HalfToFloat(uint16_t h) {
+  const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+  uint32_t bits;
+  if (exp == 0) {
+    if (man == 0) bits = sign;
+    else {  // subnormal
+      float f = std::ldexp(static_cast<float>(man), -24);
+      return (h & 0x8000u) ? -f : f;
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (man << 13);
+  } else {
+    bits = sign | ((exp + 112) << 23) | (man << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+}  // namespace
+
+int64_t Tensor::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+absl::StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  in.seekg(0, std::ios::end);
+  const int64_t size = in.tellg();
+  in.seekg(0);
+  uint64_t n = 0;
+  if (size < 8 || !in.read(reinterpret_cast<char*>(&n), 8))
+    return absl::InvalidArgumentError(absl::StrCat(path, ": too short for a safetensors header"));
+  if (n > static_cast<uint64_t>(size - 8) || n > (100u << 20))
+    return absl::InvalidArgumentError(absl::StrCat(path, ": header length ", n, " exceeds the file (", size, " bytes)"));
+  std::string header(n, '\0');
+  in.read(header.data(), static_cast<std::streamsize>(n));
+  nlohmann::json j = nlohmann::json::parse(header, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object())
+    return absl::InvalidArgumentError(absl::StrCat(path, ": header is not a JSON object"));
+  const int64_t data_size = size - 8 - static_cast<int64_t>(n);
+  std::vector<uint8_t> data(data_size);
+  in.read(reinterpret_cast<char*>(data.data()), data_size);
+  if (!in) return absl::DataLossError(absl::StrCat(path, ": could not read ", data_size, " data bytes"));
+  SafetensorsFile f;
+  for (auto& [name, v] : j.items()) {
+    if (name == "__metadata__") {
+      if (!v.is_object()) return absl::InvalidArgumentError(absl::StrCat(path, ": __metadata__ is not an object"));
+      for (auto& [k, s] : v.items()) {
+        if (!s.is_string()) return absl::InvalidArgumentError(absl::StrCat(path, ": metadata ", k, " is not a string"));
+        f.metadata[k] = s.get<std::string>();
+      }
+      continue;
+    }
+    if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") || !v.contains("data_offsets") ||
+        !v["dtype"].is_string() || !v["shape"].is_array() || !v["data_offsets"].is_array() ||
+        v["data_offsets"].size() != 2)
+      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", name, " has a malformed entry"));
+    Tensor t;
+    t.dtype = v["dtype"].get<std::string>();
+    const int64_t es = DtypeSize(t.dtype);
+    if (es == 0) return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", name, " has unsupported dtype ", t.dtype));
+    for (auto& d : v["shape"]) {
+      if (!d.is_number_integer() || d.get<int64_t>() < 0)
+        return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", name, " has a bad shape"));
+      t.shape.push_back(d.get<int64_t>());
+    }
+    const auto& off = v["data_offsets"];
+    if (!off[0].is_number_integer() || !off[1].is_number_integer())
+      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", name, " has bad data_offsets"));
+    const int64_t b = off[0].get<int64_t>(), e = off[1].get<int64_t>();
+    if (b < 0 || e < b || e > data_size || e - b != t.numel() * es)
+      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", name, " data_offsets [", b, ", ", e,
+                                                     ") do not match shape and dtype ", t.dtype, " or the file size"));
+    t.data.assign(data.begin() + b, data.begin() + e);
+    f.tensors.emplace(name, std::move(t));
+  }
+  return f;
+}
+
+absl::Status WriteSafetensors(const std::string& path, const SafetensorsFile& file) {
+  nlohmann::json j = nlohmann::json::object();
+  int64_t offset = 0;
+  for (const auto& [name, t] : file.tensors) {
+    j[name] = {{"dtype", t.dtype}, {"shape", t.shape},
+               {"data_offsets", {offset, offset + static_cast<int64_t>(t.data.size())}}};
+    offset += static_cast<int64_t>(t.data.size());
+  }
+  if (!file.metadata.empty()) j["__metadata__"] = file.metadata;
+  std::string header = j.dump();
+  while (header.size() % 8) header.push_back(' ');
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write ", tmp));
+    const uint64_t n = header.size();
+    out.write(reinterpret_cast<const char*>(&n), 8);
+    out.write(header.data(), static_cast<std::streamsize>(n));
+    for (const auto& [name, t] : file.tensors)
+      out.write(reinterpret_cast<const char*>(t.data.data()), static_cast<std::streamsize>(t.data.size()));
+    out.flush();
+    if (!out) return absl::DataLossError(absl::StrCat("failed writing ", tmp));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0)
+    return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", path));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<MatrixXf> TensorToMatrix(const Tensor& t, const std::string& name) {
+  if (t.shape.size() != 1 && t.shape.size() != 2)
+    return absl::InvalidArgumentError(absl::StrCat(name, " must be 1-D or 2-D, has ", t.shape.size(), " dims"));
+  const int64_t rows = t.shape.size() == 2 ? t.shape[0] : 1;
+  const int64_t cols = t.shape.back();
+  MatrixXf m(rows, cols);
+  const int64_t n = rows * cols;
+  if (t.dtype == "F32") {
+    std::memcpy(m.data(), t.data.data(), n * 4);
+  } else if (t.dtype == "F16" || t.dtype == "BF16") {
+    for (int64_t i = 0; i < n; ++i) {
+      uint16_t h;
+      std::memcpy(&h, t.data.data() + 2 * i, 2);
+      if (t.dtype == "F16") {
+        m.data()[i] = HalfToFloat(h);
+      } else {
+        const uint32_t bits = static_cast<uint32_t>(h) << 16;
+        std::memcpy(m.data() + i, &bits, 4);
+      }
+    }
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(name, " has dtype ", t.dtype, "; expected F32, F16 or BF16"));
+  }
+  return m;
+}
+
+absl::StatusOr<MatrixXi8> TensorToCodes(const Tensor& t, const std::string& name) {
+  if (t.dtype != "I8" || t.shape.size() != 2)
+    return absl::InvalidArgumentError(absl::StrCat(name, " must be a 2-D I8 tensor, got ", t.dtype, " with ", t.shape.size(), " dims"));
+  MatrixXi8 m(t.shape[0], t.shape[1]);
+  std::memcpy(m.data(), t.data.data(), t.data.size());
+  return m;
+}
+
+namespace {
+template <typename T>
+Tensor Raw(const std::string& dtype, std::vector<int64_t> shape, const T* p, int64_t n) {
+  Tensor t;
+  t.dtype = dtype;
+  t.shape = std::move(shape);
+  t.data.resize(n * sizeof(T));
+  std::memcpy(t.data.data(), p, t.data.size());
+  return t;
+}
+}  // namespace
+
+Tensor MatrixToTensor(const Eigen::Ref<const MatrixXf>& m) {
+  const MatrixXf c = m;
+  return Raw("F32", {c.rows(), c.cols()}, c.data(), c.size());
+}
+Tensor VectorToTensor(const Eigen::Ref<const Eigen::VectorXf>& v) {
+  const Eigen::VectorXf c = v;
+  return Raw("F32", {c.size()}, c.data(), c.size());
+}
+Tensor CodesToTensor(const Eigen::Ref<const MatrixXi8>& m) {
+  const MatrixXi8 c = m;
+  return Raw("I8", {c.rows(), c.cols()}, c.data(), c.size());
+}
+Tensor ScalarI32Tensor(int32_t v) { return Raw("I32", {}, &v, 1); }
+Tensor ScalarF32Tensor(float v) { return Raw("F32", {}, &v, 1); }
+
+}  // namespace axeq

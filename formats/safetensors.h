@@ -1,0 +1,44 @@
+// Reading and writing safetensors files (the format the CLI and the Python client share): an
+// 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}, and
+// "__metadata__": {string: string}}, then the raw little-endian tensor bytes. Writes are atomic
+// (temporary file + rename). Every malformed file gives INVALID_ARGUMENT naming the problem.
+#ifndef AXEQ_FORMATS_SAFETENSORS_H_
+#define AXEQ_FORMATS_SAFETENSORS_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/quantizer.h"
+
+namespace axeq {
+
+struct Tensor {
+  std::string dtype;            // F32, F16, BF16, I8, I32, I64
+  std::vector<int64_t> shape;
+  std::vector<uint8_t> data;
+  int64_t numel() const;
+};
+
+struct SafetensorsFile {
+  std::map<std::string, Tensor> tensors;
+  std::map<std::string, std::string> metadata;
+};
+
+absl::StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path);
+absl::Status WriteSafetensors(const std::string& path, const SafetensorsFile& file);
+
+// Converts a 2-D (or 1-D, as one row) F32/F16/BF16 tensor to float.
+absl::StatusOr<MatrixXf> TensorToMatrix(const Tensor& t, const std::string& name);
+absl::StatusOr<MatrixXi8> TensorToCodes(const Tensor& t, const std::string& name);
+Tensor MatrixToTensor(const Eigen::Ref<const MatrixXf>& m);
+Tensor VectorToTensor(const Eigen::Ref<const Eigen::VectorXf>& v);
+Tensor CodesToTensor(const Eigen::Ref<const MatrixXi8>& m);
+Tensor ScalarI32Tensor(int32_t v);
+Tensor ScalarF32Tensor(float v);
+
+}  // namespace axeq
+
+#endif  // AXEQ_FORMATS_SAFETENSORS_H_
