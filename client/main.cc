@@ -37,13 +37,15 @@ class ProgressBar {
       std::fprintf(stderr, "\r[%s%s] %5.1f%% layer %d/%d %-32s", std::string(filled, '#').c_str(),
                    std::string(width - filled, '.').c_str(), 100 * total, layer + 1, layers, name.c_str());
       if (layer + 1 == layers && frac >= 1.0) std::fprintf(stderr, "\n");
-    } else if (frac >= 1.0) {
+    } else if (frac >= 1.0 && layer > last_) {
+      last_ = layer;
       std::fprintf(stderr, "[%3.0f%%] layer %d/%d %s done\n", 100 * total, layer + 1, layers, name.c_str());
     }
   }
 
  private:
   bool enabled_, tty_;
+  int last_ = -1;
 };
 
 void PrintTable(const std::vector<LayerOutcome>& outs) {
@@ -124,7 +126,7 @@ int main(int argc, char** argv) {
   // llama2c-capture
   auto* cap = app.add_subcommand("llama2c-capture", "Run a llama2.c checkpoint on sampled text and write its linear layers and their calibration inputs");
   std::string ckpt, cap_model, cap_cal, vocab_path;
-  int sequences = 8, length = 128;
+  int sequences = 16, length = 128;
   uint64_t seed = 0;
   cap->add_option("--checkpoint", ckpt, "model .bin (llama2.c v0)")->required();
   cap->add_option("--out-model", cap_model, "LAYERS.safetensors to write")->required();
