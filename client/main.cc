@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 #include <iostream>
 #include <map>
 #include <random>
@@ -283,22 +284,30 @@ int main(int argc, char** argv) {
       std::map<std::string, QuantizedLinear> ql;
       for (const auto& name : m->LinearNames()) {
         if (!f->tensors.count(name + ".qweight")) continue;
-        auto codes = TensorToCodes(f->tensors[name + ".qweight"], name);
-        auto scales = TensorToMatrix(f->tensors[name + ".scales"], name + ".scales");
+        for (const char* suffix : {".scales", ".input_scale", ".input_zero_point"}) {
+          auto it = f->tensors.find(name + suffix);
+          const size_t need = std::string(suffix) == ".scales" ? 1 : 4;
+          if (it == f->tensors.end() || it->second.data.size() < need)
+            return Fail(absl::InvalidArgumentError(absl::StrCat(ev_result, ": layer ", name, " lacks a valid ", name, suffix)));
+        }
+        auto codes = TensorToCodes(f->tensors.at(name + ".qweight"), name);
+        auto scales = TensorToMatrix(f->tensors.at(name + ".scales"), name + ".scales");
         if (!codes.ok() || !scales.ok()) return Fail(codes.ok() ? scales.status() : codes.status());
+        if (scales->rows() != codes->rows())
+          return Fail(absl::InvalidArgumentError(absl::StrCat(name, ".scales has ", scales->rows(), " rows, codes have ", codes->rows())));
         auto rep = nlohmann::json::parse(f->metadata[name + ".report"], nullptr, false);
+        if (rep.is_discarded() || !rep.is_object()) rep = nlohmann::json::object();
         QuantizedLinear qlin;
         qlin.weight = Dequantize(*codes, *scales, group);
         ActivationQuantizer act;
         act.spec.bits = rep.value("input_bits", 8);
-        act.spec.is_signed = false;
         float scale;
         int32_t zp;
-        std::memcpy(&scale, f->tensors[name + ".input_scale"].data.data(), 4);
-        std::memcpy(&zp, f->tensors[name + ".input_zero_point"].data.data(), 4);
+        std::memcpy(&scale, f->tensors.at(name + ".input_scale").data.data(), 4);
+        std::memcpy(&zp, f->tensors.at(name + ".input_zero_point").data.data(), 4);
         act.scale = scale;
         act.zero_point = zp;
-        act.spec.is_signed = zp == 0 && rep.value("input_signed", false);
+        act.spec.is_signed = rep.value("input_signed", false);
         qlin.input = act;
         ql[name] = std::move(qlin);
       }
