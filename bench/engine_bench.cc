@@ -93,7 +93,7 @@ void BM_Layer(benchmark::State& state, Algorithm alg, bool axe, int tile) {
     Constraints cons;
     if (axe) {
       cons.hard_clip = true;
-      cons.lambdas = SoftThresholds(f.w, scales, 0, tile, L1Radius(16, 8));
+      cons.lambdas = SoftThresholds(f.w, scales, 0, tile, L1Radius(16, 8), ctx);
     }
     auto r = alg == Algorithm::kOptq ? RunOptq(f.w, f.stats.gram, scales, cons, o, ctx)
                                      : RunGpfq(f.w, f.stats.cross, f.stats.gram, scales, cons, o, ctx);

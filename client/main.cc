@@ -10,6 +10,7 @@
 #include <random>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -280,7 +281,8 @@ int main(int argc, char** argv) {
     if (!ev_result.empty()) {
       auto f = ReadSafetensors(ev_result);
       if (!f.ok()) return Fail(f.status());
-      const int group = f->metadata.count("axeq.group_size") ? std::stoi(f->metadata["axeq.group_size"]) : 0;
+      int group = 0;
+      if (f->metadata.count("axeq.group_size") && !absl::SimpleAtoi(f->metadata["axeq.group_size"], &group)) group = 0;
       std::map<std::string, QuantizedLinear> ql;
       for (const auto& name : m->LinearNames()) {
         if (!f->tensors.count(name + ".qweight")) continue;

@@ -86,19 +86,32 @@ AccumulatorBudget::AccumulatorBudget(const InputSpec& inputs, const AccumulatorS
     : pos_limit_(AccumulatorMax(acc.bits)),
       neg_limit_(AccumulatorMinMagnitude(acc.bits, acc.twos_complement)),
       nu_(inputs.max_code()),
-      m_(-inputs.min_code()) {}
+      m_(-inputs.min_code()),
+      inv_nu_(1.0 / static_cast<double>(nu_)),
+      inv_m_(m_ > 0 ? 1.0 / static_cast<double>(m_) : 0.0) {}
+
+namespace {
+// floor(x / d) for d > 0 without an integer division on the hot path: a double estimate corrected
+// to the exact integer (|x| < 2^62, so the estimate is off by at most one).
+inline int64_t FloorDiv(int64_t x, int64_t d, double inv_d) {
+  int64_t q = static_cast<int64_t>(std::floor(static_cast<double>(x) * inv_d));
+  while (q * d > x) --q;
+  while ((q + 1) * d <= x) ++q;
+  return q;
+}
+}  // namespace
 
 int64_t AccumulatorBudget::MaxPositive(int64_t beta, int64_t a) const {
   // nu*(beta + t) + m*a <= pos  and  m*(beta + t) + nu*a <= neg.
-  int64_t r = (pos_limit_ - m_ * a) / nu_ - beta;
-  if (m_ > 0) r = std::min(r, (neg_limit_ - nu_ * a) / m_ - beta);
+  int64_t r = FloorDiv(pos_limit_ - m_ * a, nu_, inv_nu_) - beta;
+  if (m_ > 0) r = std::min(r, FloorDiv(neg_limit_ - nu_ * a, m_, inv_m_) - beta);
   return std::max<int64_t>(r, 0);
 }
 
 int64_t AccumulatorBudget::MaxNegative(int64_t beta, int64_t a) const {
   // nu*beta + m*(a + t) <= pos  and  m*beta + nu*(a + t) <= neg.
-  int64_t r = (neg_limit_ - m_ * beta) / nu_ - a;
-  if (m_ > 0) r = std::min(r, (pos_limit_ - nu_ * beta) / m_ - a);
+  int64_t r = FloorDiv(neg_limit_ - m_ * beta, nu_, inv_nu_) - a;
+  if (m_ > 0) r = std::min(r, FloorDiv(pos_limit_ - nu_ * beta, m_, inv_m_) - a);
   return std::max<int64_t>(r, 0);
 }
 

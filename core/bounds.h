@@ -61,6 +61,7 @@ class AccumulatorBudget {
 
  private:
   int64_t pos_limit_, neg_limit_, nu_, m_;
+  double inv_nu_, inv_m_;
 };
 
 }  // namespace axeq

@@ -21,8 +21,8 @@ absl::StatusOr<GreedyResult> GpfqImpl(const Eigen::Ref<const MatrixXf>& weights,
   GreedyResult result;
   result.order = ActOrder(gram, opts.act_order);
   const auto& order = result.order;
-  const MatS<S> a = PermuteSymmetric<S>(cross, order);
-  const MatS<S> b = PermuteSymmetric<S>(gram, order);
+  const RowMatS<S> a = PermuteRowsCols<S>(cross, order);
+  const RowMatS<S> b = PermuteRowsCols<S>(gram, order);
   VecS<S> inv_pivot(k);
   for (int64_t i = 0; i < k; ++i) {
     const bool dead = !(b(i, i) > S(0));
@@ -44,11 +44,13 @@ absl::StatusOr<GreedyResult> GpfqImpl(const Eigen::Ref<const MatrixXf>& weights,
     CodeChooser chooser(opts, scales, constraints, k, row0, rows);
     auto step = [&](int64_t i, auto delta) {
       const int64_t o = order[i];
+      chooser.SetColumn(o);
       for (int64_t r = 0; r < rows; ++r) {
         S v;
-        const int q = chooser.Choose(r, o, acc(r, i) * inv_pivot(i), &v);
+        double s;
+        const int q = chooser.Choose(r, acc(r, i) * inv_pivot(i), &v, &s);
         result.codes(row0 + r, o) = static_cast<int8_t>(q);
-        delta(r) = static_cast<S>(q * chooser.Scale(r, o));
+        delta(r) = static_cast<S>(q * s);
       }
     };
     auto s = BlockedSweep<S>(acc, b, opts.block_size, ctx, &done, total, step);

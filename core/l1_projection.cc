@@ -1,6 +1,8 @@
 // Sort-based L1-ball projection threshold (Duchi et al. 2008) and AXE's per-tile lambdas.
 #include "core/l1_projection.h"
 
+#include "core/greedy_kernel.h"
+
 #include <algorithm>
 #include <cmath>
 #include <functional>
@@ -9,10 +11,26 @@
 namespace axeq {
 
 double L1ProjectionThreshold(absl::Span<const double> v, double radius) {
-  std::vector<double> mag(v.size());
+  std::vector<double> mag;
+  mag.reserve(v.size());
   double total = 0;
-  for (size_t i = 0; i < v.size(); ++i) total += (mag[i] = std::abs(v[i]));
+  for (double x : v) total += std::abs(x);
   if (total <= radius) return 0.0;
+  // lambda >= (sum_{kept} - radius) / |kept| for any superset of the support (Michelot 1986), so
+  // entries at or below that bound cannot be in the support: drop them before sorting. Passes
+  // (repeated while they drop anything) leave a small fraction of the row; the sort then finds rho exactly (Duchi et al.).
+  double bound = (total - radius) / static_cast<double>(v.size());
+  for (double x : v)
+    if (std::abs(x) > bound) mag.push_back(std::abs(x));
+  for (int pass = 0; pass < 16; ++pass) {  // Michelot's passes; stop when nothing is dropped
+    double kept = 0;
+    for (double m : mag) kept += m;
+    bound = std::max(bound, (kept - radius) / static_cast<double>(mag.size()));
+    const size_t before = mag.size();
+    mag.erase(std::remove_if(mag.begin(), mag.end(), [&](double m) { return m <= bound; }), mag.end());
+    if (mag.empty()) return bound;
+    if (mag.size() == before) break;
+  }
   std::sort(mag.begin(), mag.end(), std::greater<double>());
   // rho = max{j : mag_j - (sum_{i<=j} mag_i - radius) / j > 0}; lambda = (sum_{i<=rho} - radius)/rho
   double cumsum = 0, lambda = 0;
@@ -27,14 +45,15 @@ double L1ProjectionThreshold(absl::Span<const double> v, double radius) {
 
 MatrixXd SoftThresholds(const Eigen::Ref<const MatrixXf>& weights,
                         const Eigen::Ref<const MatrixXf>& scales, int group_size, int64_t tile_size,
-                        double radius) {
+                        double radius, const RunContext& ctx) {
   const int64_t c = weights.rows(), k = weights.cols();
   const int64_t t = (tile_size <= 0 || tile_size > k) ? k : tile_size;
   const int64_t tiles = (k + t - 1) / t;
   const int64_t g = scales.cols() == 1 ? k : group_size;
   MatrixXd lambdas(c, tiles);
+  (void)internal::RunChunked(c, ctx, [&](int64_t row0, int64_t rows) -> absl::Status {
   std::vector<double> row;
-  for (int64_t r = 0; r < c; ++r) {
+  for (int64_t r = row0; r < row0 + rows; ++r) {
     for (int64_t j = 0; j < tiles; ++j) {
       const int64_t begin = j * t, len = std::min(t, k - begin);
       row.resize(len);
@@ -48,6 +67,8 @@ MatrixXd SoftThresholds(const Eigen::Ref<const MatrixXf>& weights,
       lambdas(r, j) = L1ProjectionThreshold(row, radius);
     }
   }
+  return absl::OkStatus();
+  });
   return lambdas;
 }
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "absl/types/span.h"
+#include "core/context.h"
 #include "core/quantizer.h"
 
 namespace axeq {
@@ -17,10 +18,10 @@ double L1ProjectionThreshold(absl::Span<const double> v, double radius);
 // Returns the soft thresholds in code units, shape [C, tiles], for weights [C, K] and their
 // scales: each (channel, tile) row of w/s is mean-centred and lambda is the threshold of the
 // projection of that row onto the L1 ball of radius `radius` (as Brevitas v0.12.0 does).
-// tile_size 0 means one tile per channel.
+// tile_size 0 means one tile per channel. Runs channel chunks through ctx.parallel_for.
 MatrixXd SoftThresholds(const Eigen::Ref<const MatrixXf>& weights,
                         const Eigen::Ref<const MatrixXf>& scales, int group_size, int64_t tile_size,
-                        double radius);
+                        double radius, const RunContext& ctx = {});
 
 }  // namespace axeq
 

@@ -234,7 +234,7 @@ absl::StatusOr<LayerResult> QuantizeLayer(const Eigen::Ref<const MatrixXf>& weig
   out.scales = WeightScales(weights, o.weights);
   if (constraints.hard_clip && o.soft_threshold) {
     constraints.lambdas = SoftThresholds(weights, out.scales, o.weights.group_size, o.accumulator.tile_size,
-                                         L1Radius(o.accumulator.bits, o.inputs.bits));
+                                         L1Radius(o.accumulator.bits, o.inputs.bits), ctx);
   }
   LayerOptions run = o;
   if (o.method != Method::kAxe) run.rounding = Rounding::kNearest;  // baselines round to nearest

@@ -14,25 +14,58 @@ namespace axeq {
 namespace internal {
 namespace {
 
-// Returns the inverse of the lower-triangular l (recursive blocking: GEMM-bound, K^3/3 flops).
+constexpr int64_t kFactorBlock = 256;
+
+// Calls fn(begin, len) for fixed chunks of [0, n) through ctx.parallel_for (or serially).
+template <typename Fn>
+void ForChunks(int64_t n, int64_t chunk, const RunContext& ctx, Fn&& fn) {
+  const int64_t chunks = (n + chunk - 1) / chunk;
+  auto one = [&](int64_t j) { fn(j * chunk, std::min(chunk, n - j * chunk)); };
+  if (ctx.parallel_for && chunks > 1) ctx.parallel_for(chunks, one);
+  else
+    for (int64_t j = 0; j < chunks; ++j) one(j);
+}
+
+// Factors the lower triangle of a in place (a = L L^T), blocked right-looking: the panel solve and
+// the trailing update (the K^3/3 bulk) run in fixed chunks through ctx. Returns false if a is not
+// positive definite. Chunks are fixed, so the result does not depend on the thread count.
 template <typename S>
-MatS<S> LowerInverse(const Eigen::Ref<const MatS<S>>& l) {
-  const int64_t n = l.rows();
-  if (n <= 96) {
-    MatS<S> id = MatS<S>::Identity(n, n);
-    l.template triangularView<Eigen::Lower>().solveInPlace(id);
-    return id;
+bool BlockedCholesky(MatS<S>& a, const RunContext& ctx) {
+  const int64_t n = a.rows();
+  for (int64_t j = 0; j < n; j += kFactorBlock) {
+    const int64_t w = std::min(kFactorBlock, n - j), rest = n - j - w;
+    Eigen::Ref<MatS<S>> d = a.block(j, j, w, w);
+    Eigen::LLT<Eigen::Ref<MatS<S>>, Eigen::Lower> llt(d);
+    if (llt.info() != Eigen::Success || !(d.diagonal().array() > S(0)).all() ||
+        !d.diagonal().allFinite())
+      return false;
+    if (rest == 0) break;
+    ForChunks(rest, 256, ctx, [&](int64_t r0, int64_t len) {
+      auto panel = a.block(j + w + r0, j, len, w);
+      d.template triangularView<Eigen::Lower>().transpose().template solveInPlace<Eigen::OnTheRight>(panel);
+    });
+    const auto panel = a.block(j + w, j, rest, w);
+    ForChunks(rest, kFactorBlock, ctx, [&](int64_t c0, int64_t len) {
+      a.block(j + w + c0, j + w + c0, rest - c0, len).noalias() -=
+          panel.bottomRows(rest - c0) * panel.middleRows(c0, len).transpose();
+    });
   }
-  const int64_t n1 = n / 2, n2 = n - n1;
-  MatS<S> out = MatS<S>::Zero(n, n);
-  out.topLeftCorner(n1, n1) = LowerInverse<S>(l.topLeftCorner(n1, n1));
-  out.bottomRightCorner(n2, n2) = LowerInverse<S>(l.bottomRightCorner(n2, n2));
-  // inv21 = -inv22 * l21 * inv11
-  MatS<S> t = l.bottomLeftCorner(n2, n1) *
-              out.topLeftCorner(n1, n1).template triangularView<Eigen::Lower>();
-  out.bottomLeftCorner(n2, n1).noalias() =
-      -(out.bottomRightCorner(n2, n2).template triangularView<Eigen::Lower>() * t);
-  return out;
+  return true;
+}
+
+// Returns the inverse of the lower-triangular l (lower triangle read): column chunks of L X = I are
+// independent triangular solves, K^3/3 flops in all, run through ctx.
+template <typename S>
+MatS<S> LowerInverse(const MatS<S>& l, const RunContext& ctx) {
+  const int64_t n = l.rows();
+  MatS<S> x(n, n);  // only the lower triangle is written and read
+  ForChunks(n, kFactorBlock, ctx, [&](int64_t c0, int64_t len) {
+    auto block = x.block(c0, c0, n - c0, len);
+    block.topRows(len).setIdentity();
+    block.bottomRows(n - c0 - len).setZero();  // right-hand side: columns c0.. of I
+    l.block(c0, c0, n - c0, n - c0).template triangularView<Eigen::Lower>().solveInPlace(block);
+  });
+  return x;
 }
 
 }  // namespace
@@ -40,25 +73,28 @@ MatS<S> LowerInverse(const Eigen::Ref<const MatS<S>>& l) {
 // Returns the upper Cholesky factor U of (H + eta I)^-1 (H^-1 = U^T U), raising eta x10 up to
 // max_retries times when H + eta I is not positive definite.
 template <typename S>
-absl::StatusOr<MatS<S>> UpperFactorOfInverse(const MatS<S>& h, double damping, int max_retries,
-                                             double* eta_used, int* retries) {
+absl::StatusOr<RowMatS<S>> UpperFactorOfInverse(const MatS<S>& h, double damping, int max_retries,
+                                             double* eta_used, int* retries, const RunContext& ctx) {
   const int64_t k = h.rows();
   const double mean_diag = std::max(h.diagonal().template cast<double>().mean(), 1e-30);
   double eta = damping * mean_diag;
   for (int attempt = 0; attempt <= max_retries; ++attempt, eta *= 10) {
-    MatS<S> rev = MatS<S>::Zero(k, k);
+    MatS<S> rev(k, k);  // lower triangle only
     for (int64_t j = 0; j < k; ++j)
       for (int64_t i = j; i < k; ++i) rev(i, j) = h(k - 1 - i, k - 1 - j);
     rev.diagonal().array() += static_cast<S>(eta);
-    Eigen::LLT<Eigen::Ref<MatS<S>>, Eigen::Lower> llt(rev);
-    if (llt.info() != Eigen::Success) continue;
-    bool finite = rev.diagonal().allFinite() && (rev.diagonal().array() > S(0)).all();
-    if (!finite) continue;
-    MatS<S> linv = LowerInverse<S>(rev);
+    if (!BlockedCholesky<S>(rev, ctx)) continue;
+    MatS<S> linv = LowerInverse<S>(rev, ctx);
     if (!linv.allFinite()) continue;
-    MatS<S> u = MatS<S>::Zero(k, k);
-    for (int64_t j = 0; j < k; ++j)
-      for (int64_t i = 0; i <= j; ++i) u(i, j) = linv(k - 1 - i, k - 1 - j);
+    // u(i, j) = linv(k-1-i, k-1-j), upper triangle only (the sweep never reads the lower one);
+    // row-major because the sweep reads rows of U. Tiled so both sides stay in cache.
+    RowMatS<S> u(k, k);
+    constexpr int64_t kTile = 64;
+    for (int64_t ib = 0; ib < k; ib += kTile)
+      for (int64_t jb = ib; jb < k; jb += kTile)
+        for (int64_t j = jb; j < std::min(k, jb + kTile); ++j)
+          for (int64_t i = ib; i < std::min({k, ib + kTile, j + 1}); ++i)
+            u(i, j) = linv(k - 1 - i, k - 1 - j);
     *eta_used = eta;
     *retries = attempt;
     return u;
@@ -88,9 +124,9 @@ absl::StatusOr<GreedyResult> OptqImpl(const Eigen::Ref<const MatrixXf>& weights,
       h(i, i) = S(1);
       ++result.dead_inputs;
     }
-  MatS<S> u;
+  RowMatS<S> u;
   AXEQ_ASSIGN_OR_RETURN(u, UpperFactorOfInverse<S>(h, opts.damping, opts.max_damping_retries,
-                                                   &result.damping, &result.damping_retries));
+                                                   &result.damping, &result.damping_retries, ctx));
   h.resize(0, 0);
   result.codes.resize(c, k);
   std::atomic<int64_t> done{0};
@@ -106,12 +142,14 @@ absl::StatusOr<GreedyResult> OptqImpl(const Eigen::Ref<const MatrixXf>& weights,
     auto step = [&](int64_t i, auto delta) {
       const int64_t o = order[i];
       const S inv_d = S(1) / u(i, i);
+      chooser.SetColumn(o);
       for (int64_t r = 0; r < rows; ++r) {
         const S w = acc(r, i);
         S v;
-        const int q = chooser.Choose(r, o, w, &v);
+        double s;
+        const int q = chooser.Choose(r, w, &v, &s);
         result.codes(row0 + r, o) = static_cast<int8_t>(q);
-        const S qd = static_cast<S>(q * chooser.Scale(r, o));
+        const S qd = static_cast<S>(q * s);
         delta(r) = ((original ? w : v) - qd) * inv_d;
       }
     };

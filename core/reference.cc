@@ -56,12 +56,13 @@ absl::StatusOr<GreedyResult> OptqReference(const Eigen::Ref<const MatrixXf>& wei
   const bool original = opts.optq_error == OptqErrorForm::kOriginal;
   for (int64_t i = 0; i < k; ++i) {
     const int64_t o = result.order[i];
+    chooser.SetColumn(o);
     for (int64_t r = 0; r < c; ++r) {
-      double v;
+      double v, s;
       const double wi = w(r, i);
-      const int q = chooser.Choose(r, o, wi, &v);
+      const int q = chooser.Choose(r, wi, &v, &s);
       result.codes(r, o) = static_cast<int8_t>(q);
-      const double err = ((original ? wi : v) - q * chooser.Scale(r, o)) / u(i, i);
+      const double err = ((original ? wi : v) - q * s) / u(i, i);
       for (int64_t j = i + 1; j < k; ++j) w(r, j) -= err * u(i, j);
     }
   }
@@ -93,11 +94,12 @@ absl::StatusOr<GreedyResult> GpfqReference(const Eigen::Ref<const MatrixXf>& wei
     const VecS<double> wi = weights.col(o).cast<double>();
     VecS<double> v = VecS<double>::Zero(c);
     if (norm > 0) v = (wi * xqi.dot(xi) + u.transpose() * xqi) / norm;  // line 6
+    chooser.SetColumn(o);
     for (int64_t r = 0; r < c; ++r) {
-      double constrained;
-      const int q = norm > 0 ? chooser.Choose(r, o, v(r), &constrained) : 0;
+      double constrained, s = 0;
+      const int q = norm > 0 ? chooser.Choose(r, v(r), &constrained, &s) : 0;
       result.codes(r, o) = static_cast<int8_t>(q);
-      qd(r) = q * chooser.Scale(r, o);
+      qd(r) = q * s;
     }
     result.dead_inputs += norm > 0 ? 0 : 1;
     u.noalias() += xi * wi.transpose() - xqi * qd.transpose();  // line 11
