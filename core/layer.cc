@@ -31,10 +31,28 @@ absl::Status StatsAccumulator::Add(const Eigen::Ref<const MatrixXf>& x,
   }
   AXEQ_RETURN_IF_ERROR(CheckFinite(x, "inputs"));
   AXEQ_RETURN_IF_ERROR(CheckFinite(xq, "quantized inputs"));
-  if (x.rows() == 0) return absl::OkStatus();
-  // Each chunk's product is formed in float (GEMM speed) and summed across chunks in double.
-  using ColF = Eigen::MatrixXf;
-  ColF t = ColF::Zero(k_, k_);
+  for (int64_t r = 0; r < x.rows();) {
+    if (pending_ == 0) {
+      x_buf_.resize(kBlockRows, k_);
+      xq_buf_.resize(kBlockRows, k_);
+    }
+    const int64_t n = std::min(kBlockRows - pending_, x.rows() - r);
+    x_buf_.middleRows(pending_, n) = x.middleRows(r, n);
+    xq_buf_.middleRows(pending_, n) = xq.middleRows(r, n);
+    pending_ += n;
+    r += n;
+    if (pending_ == kBlockRows) Flush();
+  }
+  return absl::OkStatus();
+}
+
+void StatsAccumulator::Flush() {
+  if (pending_ == 0) return;
+  // Each block of kBlockRows rows is formed in float (GEMM speed) and summed across blocks in
+  // double. Blocks are fixed, so the result does not depend on how rows were chunked by callers.
+  const auto x = x_buf_.topRows(pending_);
+  const auto xq = xq_buf_.topRows(pending_);
+  Eigen::MatrixXf t = Eigen::MatrixXf::Zero(k_, k_);
   t.selfadjointView<Eigen::Lower>().rankUpdate(xq.transpose());
   gram_.triangularView<Eigen::Lower>() += t.cast<double>();
   if (keep_xx_) {
@@ -48,11 +66,12 @@ absl::Status StatsAccumulator::Add(const Eigen::Ref<const MatrixXf>& x,
   }
   sum_x_ += x.colwise().sum().transpose().cast<double>();
   sum_xq_ += xq.colwise().sum().transpose().cast<double>();
-  samples_ += x.rows();
-  return absl::OkStatus();
+  samples_ += pending_;
+  pending_ = 0;
 }
 
-absl::StatusOr<LayerStats> StatsAccumulator::Finish() const {
+absl::StatusOr<LayerStats> StatsAccumulator::Finish() {
+  Flush();
   if (samples_ == 0) return absl::FailedPreconditionError("no calibration rows were added");
   const double inv = 1.0 / static_cast<double>(samples_);
   auto sym = [&](const Eigen::MatrixXd& lower) {

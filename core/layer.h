@@ -30,18 +30,23 @@ struct LayerStats {
 };
 
 // Accumulates LayerStats from chunks of rows in double precision (symmetric rank-k updates, one
-// triangle), so that rows never need to be kept. Which matrices it keeps is chosen up front.
+// triangle) over fixed blocks of rows, so that rows are not kept and the result does not depend
+// on how the caller chunks them (bit-identical embedded and over the wire). Which matrices it keeps is chosen up front.
 class StatsAccumulator {
  public:
   StatsAccumulator(int64_t k, bool keep_cross, bool keep_xx);
   // Adds rows x and xq [n, K] (xq may equal x in content). INVALID_ARGUMENT on shape or NaN/Inf.
   absl::Status Add(const Eigen::Ref<const MatrixXf>& x, const Eigen::Ref<const MatrixXf>& xq);
-  int64_t samples() const { return samples_; }
+  int64_t samples() const { return samples_ + pending_; }
   // Returns the normalised statistics. FAILED_PRECONDITION when no rows were added.
-  absl::StatusOr<LayerStats> Finish() const;
+  absl::StatusOr<LayerStats> Finish();
+  // Rows per internal block; only this many rows are ever buffered.
+  static constexpr int64_t kBlockRows = 256;
 
  private:
-  int64_t k_, samples_ = 0;
+  void Flush();
+  int64_t k_, samples_ = 0, pending_ = 0;
+  MatrixXf x_buf_, xq_buf_;
   bool keep_cross_, keep_xx_;
   Eigen::MatrixXd gram_, cross_, xx_;
   Eigen::VectorXd sum_x_, sum_xq_;

@@ -126,6 +126,27 @@ TEST_F(LayerTest, StatsAccumulatorMatchesDirectProducts) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+TEST_F(LayerTest, StatsDoNotDependOnHowRowsAreChunked) {
+  std::mt19937_64 rng(TestSeed(910));
+  auto big = MakeRandomLayer(rng, 4, 24, 700, InputSpec{});
+  StatsAccumulator whole(24, true, true);
+  ASSERT_TRUE(whole.Add(big.x, big.xq).ok());
+  const LayerStats a = *whole.Finish();
+  for (int64_t chunk : {1, 37, 256, 300}) {
+    StatsAccumulator acc(24, true, true);
+    for (int64_t r = 0; r < 700; r += chunk) {
+      const int64_t n = std::min<int64_t>(chunk, 700 - r);
+      ASSERT_TRUE(acc.Add(big.x.middleRows(r, n), big.xq.middleRows(r, n)).ok());
+    }
+    const LayerStats b = *acc.Finish();
+    EXPECT_EQ(a.gram, b.gram) << chunk;
+    EXPECT_EQ(a.cross, b.cross) << chunk;
+    EXPECT_EQ(a.xx, b.xx) << chunk;
+    EXPECT_EQ(a.mean_xq, b.mean_xq) << chunk;
+    EXPECT_EQ(b.samples, 700);
+  }
+}
+
 TEST_F(LayerTest, ReportAndBiasCorrectionMatchSamples) {
   Eigen::VectorXf bias = Eigen::VectorXf::LinSpaced(12, -1, 1);
   LayerOptions o;
