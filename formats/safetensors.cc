@@ -103,6 +103,24 @@ absl::StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path) {
   return f;
 }
 
+absl::StatusOr<std::map<std::string, std::string>> ReadSafetensorsMetadata(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  uint64_t n = 0;
+  if (!in.read(reinterpret_cast<char*>(&n), 8) || n > (100u << 20))
+    return absl::InvalidArgumentError(absl::StrCat(path, ": bad safetensors header"));
+  std::string header(n, '\0');
+  if (!in.read(header.data(), static_cast<std::streamsize>(n)))
+    return absl::InvalidArgumentError(absl::StrCat(path, ": truncated header"));
+  nlohmann::json j = nlohmann::json::parse(header, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError(absl::StrCat(path, ": header is not JSON"));
+  std::map<std::string, std::string> out;
+  if (j.contains("__metadata__") && j["__metadata__"].is_object())
+    for (auto& [k, v] : j["__metadata__"].items())
+      if (v.is_string()) out[k] = v.get<std::string>();
+  return out;
+}
+
 absl::Status WriteSafetensors(const std::string& path, const SafetensorsFile& file) {
   nlohmann::json j = nlohmann::json::object();
   int64_t offset = 0;

@@ -29,6 +29,8 @@ struct SafetensorsFile {
 
 absl::StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path);
 absl::Status WriteSafetensors(const std::string& path, const SafetensorsFile& file);
+// Reads only the header's __metadata__ (cheap for large files).
+absl::StatusOr<std::map<std::string, std::string>> ReadSafetensorsMetadata(const std::string& path);
 
 // Converts a 2-D (or 1-D, as one row) F32/F16/BF16 tensor to float.
 absl::StatusOr<MatrixXf> TensorToMatrix(const Tensor& t, const std::string& name);

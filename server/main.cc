@@ -1,0 +1,50 @@
+// axeq-server: parses flags and wires; the server itself is server/server.cc.
+#include <csignal>
+#include <cstdio>
+#include <thread>
+
+#include "CLI/CLI.hpp"
+#include "server/server.h"
+
+namespace {
+volatile std::sig_atomic_t g_signal = 0;
+void OnSignal(int sig) { g_signal = sig; }
+}  // namespace
+
+int main(int argc, char** argv) {
+  axeq::server::ServerOptions o;
+  double grace = 30, budget_mb = 16384, retention_mb = 20480, max_upload_mb = 24576;
+  CLI::App app{"axeq-server: accumulator-aware quantization as a gRPC service"};
+  app.add_option("--address", o.address, "host:port to serve gRPC on (port 0 picks one)")->capture_default_str();
+  app.add_option("--metrics-address", o.metrics_address, "host:port for Prometheus /metrics (empty: off)")->capture_default_str();
+  app.add_option("--workers", o.jobs.workers, "concurrent jobs (0 = hardware threads)")->capture_default_str();
+  app.add_option("--compute-threads", o.jobs.compute_threads, "engine threads shared by jobs (0 = hardware threads)")->capture_default_str();
+  app.add_option("--max-queue", o.jobs.max_queue, "jobs waiting for a worker before RESOURCE_EXHAUSTED")->capture_default_str();
+  app.add_option("--memory-budget-mb", budget_mb, "memory reserved by admitted jobs before RESOURCE_EXHAUSTED")->capture_default_str();
+  app.add_option("--max-upload-mb", max_upload_mb, "largest accepted layer upload")->capture_default_str();
+  app.add_option("--results-dir", o.jobs.results_dir, "durable results (empty: memory only)");
+  app.add_option("--retention-hours", o.jobs.retention_hours, "delete durable results older than this")->capture_default_str();
+  app.add_option("--retention-max-mb", retention_mb, "and the oldest beyond this total")->capture_default_str();
+  app.add_option("--tls-cert", o.tls_cert_file, "PEM certificate chain");
+  app.add_option("--tls-key", o.tls_key_file, "PEM private key");
+  app.add_option("--tls-client-ca", o.tls_client_ca_file, "PEM CA: require and verify client certificates (mTLS)");
+  app.add_flag("--insecure", o.insecure, "serve plaintext (only when asked)");
+  app.add_option("--tokens-file", o.tokens_file, "'<token> <principal>' lines; enables bearer-token auth");
+  app.add_option("--grace-seconds", grace, "on SIGTERM/SIGINT: how long running jobs may finish")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  o.jobs.memory_budget_bytes = static_cast<int64_t>(budget_mb * (1 << 20));
+  o.jobs.retention_max_bytes = static_cast<int64_t>(retention_mb * (1 << 20));
+  o.max_upload_bytes = static_cast<int64_t>(max_upload_mb * (1 << 20));
+  std::signal(SIGTERM, OnSignal);
+  std::signal(SIGINT, OnSignal);
+  auto server = axeq::server::Server::Start(o);
+  if (!server.ok()) {
+    std::fprintf(stderr, "axeq-server: %s\n", server.status().ToString().c_str());
+    return 1;
+  }
+  while (g_signal == 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  std::fprintf(stderr, "{\"event\":\"draining\",\"signal\":%d,\"grace_seconds\":%g}\n", static_cast<int>(g_signal), grace);
+  (*server)->Drain(std::chrono::milliseconds(static_cast<int64_t>(grace * 1000)));
+  std::fprintf(stderr, "{\"event\":\"stopped\"}\n");
+  return 0;
+}
