@@ -1,6 +1,7 @@
 // Embedded quantization job and result-file verification.
 #include "client/job.h"
 
+#include <atomic>
 #include <chrono>
 #include <thread>
 
@@ -9,6 +10,7 @@
 #include "core/bounds.h"
 #include "core/status_macros.h"
 #include "core/thread_pool.h"
+#include "client/remote.h"
 #include "formats/certificate_json.h"
 
 namespace axeq {
@@ -24,10 +26,80 @@ absl::StatusOr<MatrixXf> Get(const SafetensorsFile& f, const std::string& key, c
 
 }  // namespace
 
+namespace {
+
+class EmbeddedEngine : public Engine {
+ public:
+  explicit EmbeddedEngine(int threads) : pool_(threads) {}
+  absl::StatusOr<LayerOutcome> Run(const LayerTask& t, const std::function<void(double)>& progress) override {
+    const auto t0 = std::chrono::steady_clock::now();
+    StatsAccumulator acc(t.weights.cols(), /*keep_cross=*/true, /*keep_xx=*/true);
+    AXEQ_RETURN_IF_ERROR(acc.Add(t.x, t.xq));
+    LayerStats stats;
+    AXEQ_ASSIGN_OR_RETURN(stats, acc.Finish());
+    RunContext ctx;
+    ctx.parallel_for = [this](int64_t n, const std::function<void(int64_t)>& fn) { pool_.ParallelFor(n, fn); };
+    ctx.progress = [&](int64_t done, int64_t total) {
+      if (progress) progress(static_cast<double>(done) / total);
+    };
+    LayerOutcome o;
+    o.name = t.name;
+    o.activations = t.activations;
+    o.samples = stats.samples;
+    AXEQ_ASSIGN_OR_RETURN(o.result, QuantizeLayer(t.weights, t.bias ? &*t.bias : nullptr, stats, t.options, ctx));
+    o.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return o;
+  }
+
+ private:
+  ThreadPool pool_;
+};
+
+class RemoteEngine : public Engine {
+ public:
+  RemoteEngine(std::unique_ptr<RemoteClient> client, int concurrency)
+      : client_(std::move(client)), concurrency_(std::max(1, concurrency)) {}
+  int concurrency() const override { return concurrency_; }
+  absl::StatusOr<LayerOutcome> Run(const LayerTask& t, const std::function<void(double)>& progress) override {
+    RemoteLayer l{t.name, t.weights};
+    l.bias = t.bias ? &*t.bias : nullptr;
+    l.x = &t.x;
+    l.xq = &t.xq;
+    l.activations = t.activations;
+    l.options = t.options;
+    auto r = client_->Quantize(l, [&](double f, const std::string&) {
+      if (progress) progress(f);
+    });
+    if (!r.ok()) return r.status();
+    LayerOutcome o;
+    o.name = t.name;
+    o.job_id = r->job_id;
+    o.result = std::move(r->result);
+    o.activations = r->activations;
+    o.samples = r->samples;
+    o.seconds = r->seconds;
+    return o;
+  }
+
+ private:
+  std::unique_ptr<RemoteClient> client_;
+  int concurrency_;
+};
+
+}  // namespace
+
+std::unique_ptr<Engine> MakeEmbeddedEngine(int threads) {
+  return std::make_unique<EmbeddedEngine>(threads > 0 ? threads : std::max(1u, std::thread::hardware_concurrency()));
+}
+
+std::unique_ptr<Engine> MakeRemoteEngine(std::unique_ptr<RemoteClient> client, int concurrency) {
+  return std::make_unique<RemoteEngine>(std::move(client), concurrency);
+}
+
 absl::StatusOr<std::vector<LayerOutcome>> RunQuantizeJob(const SafetensorsFile& model,
                                                          const SafetensorsFile& calibration,
                                                          const JobOptions& options,
-                                                         const JobProgress& progress) {
+                                                         const JobProgress& progress, Engine* engine) {
   AXEQ_RETURN_IF_ERROR(options.layer.Validate());
   std::vector<std::string> names = options.layers;
   if (names.empty()) {
@@ -36,60 +108,72 @@ absl::StatusOr<std::vector<LayerOutcome>> RunQuantizeJob(const SafetensorsFile& 
         names.push_back(key.substr(0, key.size() - (sizeof(kWeightSuffix) - 1)));
   }
   if (names.empty()) return absl::InvalidArgumentError("the model file holds no 2-D <layer>.weight tensors");
-  const int threads = options.threads > 0 ? options.threads
-                                          : std::max(1u, std::thread::hardware_concurrency());
-  ThreadPool pool(threads);
-  RunContext ctx;
-  ctx.parallel_for = [&](int64_t n, const std::function<void(int64_t)>& fn) { pool.ParallelFor(n, fn); };
-  std::vector<LayerOutcome> out;
+  std::unique_ptr<Engine> own;
+  if (!engine) {
+    own = MakeEmbeddedEngine(options.threads);
+    engine = own.get();
+  }
+  // Prepare every task first: file and shape errors surface before any work is done.
+  std::vector<LayerTask> tasks(names.size());
   for (size_t li = 0; li < names.size(); ++li) {
     const std::string& name = names[li];
-    const auto t0 = std::chrono::steady_clock::now();
-    MatrixXf w, x;
-    AXEQ_ASSIGN_OR_RETURN(w, Get(model, name + ".weight", "model"));
-    AXEQ_ASSIGN_OR_RETURN(x, Get(calibration, name + ".inputs", "calibration"));
-    if (x.cols() != w.cols())
-      return absl::InvalidArgumentError(absl::StrCat(name, ".inputs has ", x.cols(), " columns but ", name,
-                                                     ".weight has K = ", w.cols()));
-    std::optional<Eigen::VectorXf> bias;
+    LayerTask& t = tasks[li];
+    t.name = name;
+    AXEQ_ASSIGN_OR_RETURN(t.weights, Get(model, name + ".weight", "model"));
+    AXEQ_ASSIGN_OR_RETURN(t.x, Get(calibration, name + ".inputs", "calibration"));
+    if (t.x.cols() != t.weights.cols())
+      return absl::InvalidArgumentError(absl::StrCat(name, ".inputs has ", t.x.cols(), " columns but ", name,
+                                                     ".weight has K = ", t.weights.cols()));
     if (model.tensors.count(name + ".bias")) {
       MatrixXf b;
       AXEQ_ASSIGN_OR_RETURN(b, Get(model, name + ".bias", "model"));
-      bias = Eigen::VectorXf(b.row(0).transpose());
+      t.bias = Eigen::VectorXf(b.row(0).transpose());
     }
-    LayerOptions lo = options.layer;
-    if (lo.method == Method::kNaive) {  // naive bit-width manipulation: smaller M, N with P* <= P
+    t.options = options.layer;
+    if (t.options.method == Method::kNaive) {  // naive bit-width manipulation: smaller M, N with P* <= P
       BitWidths bw;
-      AXEQ_ASSIGN_OR_RETURN(bw, NaiveBitWidths(w.cols(), lo.weights.bits, lo.inputs.bits,
-                                               lo.inputs.is_signed, lo.accumulator.bits));
-      lo.weights.bits = bw.weight_bits;
-      lo.inputs.bits = bw.input_bits;
+      AXEQ_ASSIGN_OR_RETURN(bw, NaiveBitWidths(t.weights.cols(), t.options.weights.bits, t.options.inputs.bits,
+                                               t.options.inputs.is_signed, t.options.accumulator.bits));
+      t.options.weights.bits = bw.weight_bits;
+      t.options.inputs.bits = bw.input_bits;
     }
-    LayerOutcome o;
-    o.name = name;
-    const bool has_xq = calibration.tensors.count(name + ".quant_inputs") && lo.inputs.bits == options.layer.inputs.bits;
-    MatrixXf xq;
+    const bool has_xq = calibration.tensors.count(name + ".quant_inputs") && t.options.inputs.bits == options.layer.inputs.bits;
     if (has_xq) {
-      AXEQ_ASSIGN_OR_RETURN(xq, Get(calibration, name + ".quant_inputs", "calibration"));
-      AXEQ_ASSIGN_OR_RETURN(o.activations, CalibrateActivations(xq, lo.inputs, {}));
+      AXEQ_ASSIGN_OR_RETURN(t.xq, Get(calibration, name + ".quant_inputs", "calibration"));
+      AXEQ_ASSIGN_OR_RETURN(t.activations, CalibrateActivations(t.xq, t.options.inputs, {}));
     } else {
-      AXEQ_ASSIGN_OR_RETURN(o.activations, CalibrateActivations(x, lo.inputs, options.activation_calibration));
-      xq = o.activations.Apply(x);
+      AXEQ_ASSIGN_OR_RETURN(t.activations, CalibrateActivations(t.x, t.options.inputs, options.activation_calibration));
+      t.xq = t.activations.Apply(t.x);
     }
-    StatsAccumulator acc(w.cols(), /*keep_cross=*/true, /*keep_xx=*/true);
-    AXEQ_RETURN_IF_ERROR(acc.Add(x, xq));
-    LayerStats stats;
-    AXEQ_ASSIGN_OR_RETURN(stats, acc.Finish());
-    o.samples = stats.samples;
-    ctx.progress = [&](int64_t done, int64_t total) {
-      if (progress) progress(static_cast<int>(li), static_cast<int>(names.size()), name, double(done) / total);
-    };
-    auto r = QuantizeLayer(w, bias ? &*bias : nullptr, stats, lo, ctx);
-    if (!r.ok()) return absl::Status(r.status().code(), absl::StrCat("layer ", name, ": ", r.status().message()));
-    o.result = std::move(r).value();
-    o.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (progress) progress(static_cast<int>(li), static_cast<int>(names.size()), name, 1.0);
-    out.push_back(std::move(o));
+  }
+  std::vector<absl::StatusOr<LayerOutcome>> results(names.size(), absl::UnknownError("not run"));
+  std::atomic<size_t> next{0};
+  std::atomic<bool> failed{false};
+  auto worker = [&] {
+    for (size_t li; !failed && (li = next.fetch_add(1)) < tasks.size();) {
+      auto cb = [&, li](double f) {
+        if (progress) progress(static_cast<int>(li), static_cast<int>(tasks.size()), names[li], std::min(f, 0.999));
+      };
+      results[li] = engine->Run(tasks[li], cb);
+      if (!results[li].ok()) {
+        failed = true;
+      } else if (progress) {
+        progress(static_cast<int>(li), static_cast<int>(tasks.size()), names[li], 1.0);
+      }
+    }
+  };
+  const int conc = std::min<int>(engine->concurrency(), static_cast<int>(tasks.size()));
+  std::vector<std::thread> threads;
+  for (int i = 1; i < conc; ++i) threads.emplace_back(worker);
+  worker();
+  for (auto& th : threads) th.join();
+  std::vector<LayerOutcome> out;
+  for (size_t li = 0; li < tasks.size(); ++li) {
+    if (!results[li].ok()) {
+      if (results[li].status().message() == "not run") continue;
+      return absl::Status(results[li].status().code(), absl::StrCat("layer ", names[li], ": ", results[li].status().message()));
+    }
+    out.push_back(std::move(results[li]).value());
   }
   return out;
 }

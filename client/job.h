@@ -5,6 +5,8 @@
 #define AXEQ_CLIENT_JOB_H_
 
 #include <functional>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -24,19 +26,45 @@ struct JobOptions {
 
 struct LayerOutcome {
   std::string name;
+  std::string job_id;  // remote engine only
   LayerResult result;
   ActivationQuantizer activations;
   int64_t samples = 0;
   double seconds = 0;
 };
 
-// Progress: (layer index, layer count, layer name, fraction of this layer done).
+// Progress: (layer index, layer count, layer name, fraction of this layer done). May be called
+// from several threads at once when the engine runs layers concurrently.
 using JobProgress = std::function<void(int, int, const std::string&, double)>;
+
+// One layer, ready for an engine: weights, bias, calibration rows X and X~ and the activation
+// quantizer that made X~, and the resolved options.
+struct LayerTask {
+  std::string name;
+  MatrixXf weights;
+  std::optional<Eigen::VectorXf> bias;
+  MatrixXf x, xq;
+  ActivationQuantizer activations;
+  LayerOptions options;
+};
+
+// The CLI's two engines behind one interface: in-process (core/) and remote (axeq-server).
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  virtual int concurrency() const { return 1; }  // layers in flight at once
+  virtual absl::StatusOr<LayerOutcome> Run(const LayerTask& task,
+                                           const std::function<void(double)>& progress) = 0;
+};
+std::unique_ptr<Engine> MakeEmbeddedEngine(int threads);
+class RemoteClient;
+std::unique_ptr<Engine> MakeRemoteEngine(std::unique_ptr<RemoteClient> client, int concurrency);
 
 absl::StatusOr<std::vector<LayerOutcome>> RunQuantizeJob(const SafetensorsFile& model,
                                                          const SafetensorsFile& calibration,
                                                          const JobOptions& options,
-                                                         const JobProgress& progress = {});
+                                                         const JobProgress& progress = {},
+                                                         Engine* engine = nullptr);
 
 // Builds the RESULT file: tensors and per-layer certificate/report JSON in the metadata.
 SafetensorsFile ResultsToFile(const std::vector<LayerOutcome>& outcomes, const JobOptions& options);

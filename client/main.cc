@@ -5,8 +5,10 @@
 
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <iostream>
 #include <map>
+#include <mutex>
 #include <random>
 
 #include "CLI/CLI.hpp"
@@ -16,6 +18,7 @@
 #include "absl/strings/str_split.h"
 #include "client/job.h"
 #include "client/llama2c.h"
+#include "client/remote.h"
 #include "core/bounds.h"
 #include "formats/certificate_json.h"
 
@@ -28,26 +31,36 @@ int Fail(const absl::Status& s) {
   return s.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
 }
 
+// One line on stderr (a tty) or a line per finished layer; thread-safe, several layers may be in
+// flight at once with the remote engine.
 class ProgressBar {
  public:
   explicit ProgressBar(bool enabled) : enabled_(enabled), tty_(isatty(2)) {}
   void Update(int layer, int layers, const std::string& name, double frac) {
     if (!enabled_) return;
-    const double total = (layer + frac) / layers;
-    const int width = 30, filled = static_cast<int>(total * width);
+    std::lock_guard<std::mutex> l(mu_);
+    double& f = frac_[layer];
+    const bool finished_now = frac >= 1.0 && f < 1.0;
+    f = std::max(f, frac);
+    double total = 0;
+    int done = 0;
+    for (const auto& [i, v] : frac_) total += v, done += v >= 1.0;
+    total /= layers;
     if (tty_) {
-      std::fprintf(stderr, "\r[%s%s] %5.1f%% layer %d/%d %-32s", std::string(filled, '#').c_str(),
-                   std::string(width - filled, '.').c_str(), 100 * total, layer + 1, layers, name.c_str());
-      if (layer + 1 == layers && frac >= 1.0) std::fprintf(stderr, "\n");
-    } else if (frac >= 1.0 && layer > last_) {
-      last_ = layer;
-      std::fprintf(stderr, "[%3.0f%%] layer %d/%d %s done\n", 100 * total, layer + 1, layers, name.c_str());
+      const int width = 30, filled = static_cast<int>(total * width);
+      std::fprintf(stderr, "\r[%s%s] %5.1f%% %d/%d layers done, %zu in flight  %-32.32s",
+                   std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(), 100 * total, done,
+                   layers, frac_.size() - done, name.c_str());
+      if (done == layers) std::fprintf(stderr, "\n");
+    } else if (finished_now) {
+      std::fprintf(stderr, "[%3.0f%%] layer %d/%d %s done\n", 100 * total, done, layers, name.c_str());
     }
   }
 
  private:
   bool enabled_, tty_;
-  int last_ = -1;
+  std::mutex mu_;
+  std::map<int, double> frac_;
 };
 
 void PrintTable(const std::vector<LayerOutcome>& outs) {
@@ -81,6 +94,28 @@ int main(int argc, char** argv) {
   using namespace axeq;
   CLI::App app{"axeq: accumulator-aware post-training quantization (GPFQ/OPTQ + AXE) with overflow certificates"};
   app.require_subcommand(1);
+  RemoteOptions ro;
+  std::string token_file;
+  int concurrency = 4;
+  app.add_option("--server", ro.address, "HOST:PORT of an axeq-server; without it the embedded engine runs");
+  app.add_flag("--tls", ro.tls, "connect with TLS (system roots unless --tls-ca)");
+  app.add_option("--tls-ca", ro.tls_ca_file, "PEM roots to verify the server");
+  app.add_option("--tls-cert", ro.tls_cert_file, "client certificate (mTLS)");
+  app.add_option("--tls-key", ro.tls_key_file, "client key (mTLS)");
+  app.add_option("--tls-server-name", ro.tls_server_name, "name to verify in the server certificate");
+  app.add_option("--token", ro.token, "bearer token");
+  app.add_option("--token-file", token_file, "file holding the bearer token");
+  app.add_option("--deadline-seconds", ro.deadline_seconds, "per-layer deadline")->capture_default_str();
+  app.add_option("--retries", ro.max_attempts, "attempts on UNAVAILABLE / RESOURCE_EXHAUSTED")->capture_default_str();
+  app.add_option("--concurrency", concurrency, "layers in flight at once (remote)")->capture_default_str();
+  auto connect = [&]() -> absl::StatusOr<std::unique_ptr<RemoteClient>> {
+    if (ro.address.empty()) return absl::InvalidArgumentError("this command needs --server HOST:PORT");
+    if (!token_file.empty()) {
+      std::ifstream in(token_file);
+      if (!in || !(in >> ro.token)) return absl::NotFoundError(absl::StrCat("cannot read a token from ", token_file));
+    }
+    return RemoteClient::Connect(ro);
+  };
 
   // quantize
   auto* q = app.add_subcommand("quantize", "Quantize the linear layers of a safetensors file (embedded engine)");
@@ -149,7 +184,55 @@ int main(int argc, char** argv) {
   ev->add_option("--length", length, "tokens per sequence")->capture_default_str();
   ev->add_option("--seed", ev_seed, "sampling seed (must differ from the capture seed)")->capture_default_str();
 
+  auto* jobs_cmd = app.add_subcommand("jobs", "List your jobs on the server");
+  auto* watch_cmd = app.add_subcommand("watch", "Follow a job by id until it ends");
+  auto* fetch_cmd = app.add_subcommand("fetch", "Fetch a finished job's result into a RESULT.safetensors");
+  auto* cancel_cmd = app.add_subcommand("cancel", "Cancel a job by id");
+  std::string job_id, fetch_out;
+  watch_cmd->add_option("id", job_id, "job id")->required();
+  fetch_cmd->add_option("id", job_id, "job id")->required();
+  fetch_cmd->add_option("--out", fetch_out, "RESULT.safetensors to write")->required();
+  cancel_cmd->add_option("id", job_id, "job id")->required();
+
   CLI11_PARSE(app, argc, argv);
+
+  if (jobs_cmd->parsed() || watch_cmd->parsed() || fetch_cmd->parsed() || cancel_cmd->parsed()) {
+    auto client = connect();
+    if (!client.ok()) return Fail(client.status());
+    if (jobs_cmd->parsed()) {
+      auto list = (*client)->List();
+      if (!list.ok()) return Fail(list.status());
+      std::printf("%-34s %-24s %-32s %s\n", "job", "state", "layer", "created (unix ms)");
+      for (const auto& j : *list)
+        std::printf("%-34s %-24s %-32s %lld\n", j.job_id().c_str(), v1::JobState_Name(j.state()).c_str(),
+                    j.layer_name().c_str(), static_cast<long long>(j.created_unix_ms()));
+      return 0;
+    }
+    if (cancel_cmd->parsed()) {
+      auto st = (*client)->Cancel(job_id);
+      if (!st.ok()) return Fail(st.status());
+      std::printf("%s: %s\n", job_id.c_str(), v1::JobState_Name(*st).c_str());
+      return 0;
+    }
+    ProgressBar bar(true);
+    auto r = (*client)->Fetch(job_id, [&](double f, const std::string&) { bar.Update(0, 1, job_id, std::min(f, 0.999)); });
+    if (!r.ok()) return Fail(r.status());
+    bar.Update(0, 1, job_id, 1.0);
+    LayerOutcome o;
+    o.name = r->layer_name.empty() ? job_id : r->layer_name;
+    o.job_id = r->job_id;
+    o.result = std::move(r->result);
+    o.activations = r->activations;
+    o.samples = r->samples;
+    o.seconds = r->seconds;
+    PrintTable({o});
+    if (fetch_cmd->parsed()) {
+      JobOptions jo;
+      if (auto s = WriteSafetensors(fetch_out, ResultsToFile({o}, jo)); !s.ok()) return Fail(s);
+      std::printf("wrote %s\n", fetch_out.c_str());
+    }
+    return 0;
+  }
 
   if (q->parsed()) {
     JobOptions jo;
@@ -189,7 +272,14 @@ int main(int argc, char** argv) {
     auto cal = ReadSafetensors(cal_path);
     if (!cal.ok()) return Fail(cal.status());
     ProgressBar bar(!quiet);
-    auto outs = RunQuantizeJob(*model, *cal, jo, [&](int l, int n, const std::string& name, double f) { bar.Update(l, n, name, f); });
+    std::unique_ptr<Engine> engine;
+    if (!ro.address.empty()) {
+      auto client = connect();
+      if (!client.ok()) return Fail(client.status());
+      engine = MakeRemoteEngine(std::move(client).value(), concurrency);
+    }
+    auto outs = RunQuantizeJob(*model, *cal, jo, [&](int l, int n, const std::string& name, double f) { bar.Update(l, n, name, f); },
+                               engine.get());
     if (!outs.ok()) return Fail(outs.status());
     if (auto s = WriteSafetensors(out_path, ResultsToFile(*outs, jo)); !s.ok()) return Fail(s);
     bool all_safe = true;
