@@ -31,7 +31,10 @@ int main(int argc, char** argv) {
   app.add_flag("--insecure", o.insecure, "serve plaintext (only when asked)");
   app.add_option("--tokens-file", o.tokens_file, "'<token> <principal>' lines; enables bearer-token auth");
   app.add_option("--grace-seconds", grace, "on SIGTERM/SIGINT: how long running jobs may finish")->capture_default_str();
+  double drain_delay = 2;
+  app.add_option("--drain-delay-seconds", drain_delay, "on SIGTERM: report NOT_SERVING this long before refusing work")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  o.drain_delay = std::chrono::milliseconds(static_cast<int64_t>(drain_delay * 1000));
   o.jobs.memory_budget_bytes = static_cast<int64_t>(budget_mb * (1 << 20));
   o.jobs.retention_max_bytes = static_cast<int64_t>(retention_mb * (1 << 20));
   o.max_upload_bytes = static_cast<int64_t>(max_upload_mb * (1 << 20));

@@ -5,6 +5,7 @@
 #include <iostream>
 #include <mutex>
 #include <sstream>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -48,6 +49,7 @@ int Server::metrics_port() const { return metrics_ ? metrics_->port() : 0; }
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   std::unique_ptr<Server> s(new Server());
+  s->drain_delay_ = o.drain_delay;
   auto auth = Authenticator::FromFile(o.tokens_file);
   if (!auth.ok()) return auth.status();
   std::shared_ptr<grpc::ServerCredentials> creds;
@@ -109,6 +111,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
 void Server::Drain(std::chrono::milliseconds grace) {
   if (!server_) return;
   server_->GetHealthCheckService()->SetServingStatus(false);
+  std::this_thread::sleep_for(drain_delay_);
   jobs_->Drain(grace);
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
 }

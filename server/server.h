@@ -28,6 +28,9 @@ struct ServerOptions {
   std::string tokens_file;  // bearer tokens -> principals; empty = no authentication
   int64_t max_upload_bytes = 24ll << 30;  // per layer (weights + statistics or rows)
   bool log_json = true;                   // one JSON line per job event on stderr
+  // On Drain: how long health reports NOT_SERVING while still accepting, so load balancers and
+  // Kubernetes readiness probes move traffic away before the listener closes.
+  std::chrono::milliseconds drain_delay{0};
 };
 
 class Metrics;
@@ -45,6 +48,7 @@ class Server {
  private:
   Server() = default;
   int port_ = 0;
+  std::chrono::milliseconds drain_delay_{0};
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<JobManager> jobs_;
   std::unique_ptr<grpc::Service> service_;

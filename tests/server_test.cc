@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "client/remote.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "core/test_util.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -426,6 +427,59 @@ TEST(ServerDurability, ResultsSurviveARestart) {
   EXPECT_EQ(ClientFor((*srv)->port())->Quantize(l).status().code(), absl::StatusCode::kAlreadyExists);
 }
 
+std::string HttpGet(int port, const std::string& path) {
+  const std::string cmd = "exec 3<>/dev/tcp/127.0.0.1/" + std::to_string(port) + " && printf 'GET " + path +
+                          " HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3";
+  std::string out;
+  FILE* p = popen(("bash -c \"" + cmd + "\"").c_str(), "r");
+  char buf[4096];
+  size_t n;
+  while (p && (n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  if (p) pclose(p);
+  return out;
+}
+
+grpc::health::v1::HealthCheckResponse::ServingStatus Health(int port) {
+  auto stub = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  grpc::health::v1::HealthCheckResponse resp;
+  auto st = stub->Check(&ctx, grpc::health::v1::HealthCheckRequest{}, &resp);
+  return st.ok() ? resp.status() : grpc::health::v1::HealthCheckResponse::UNKNOWN;
+}
+
+TEST(ServerOps, MetricsHealthAndDrain) {
+  auto opts = Plain();
+  opts.metrics_address = "127.0.0.1:0";
+  opts.drain_delay = std::chrono::milliseconds(400);
+  auto srv = Server::Start(opts);
+  ASSERT_TRUE(srv.ok()) << srv.status();
+  EXPECT_EQ(Health((*srv)->port()), grpc::health::v1::HealthCheckResponse::SERVING);
+  std::mt19937_64 rng(11);
+  Case c = MakeCase(rng, Algorithm::kOptq, 0, false);
+  ASSERT_TRUE(ClientFor((*srv)->port())->Quantize(Remote(c)).ok());
+  RawCall bad((*srv)->port());
+  EXPECT_EQ(bad.Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  ASSERT_GT((*srv)->metrics_port(), 0);
+  const std::string m = HttpGet((*srv)->metrics_port(), "/metrics");
+  for (const char* want : {"axeq_rpc_requests_total{code=\"OK\",method=\"Quantize\"} 1",
+                           "axeq_rpc_requests_total{code=\"INVALID_ARGUMENT\",method=\"Quantize\"} 1",
+                           "axeq_certificates_total{verdict=\"safe\"} 1", "axeq_layer_duration_seconds_count 1",
+                           "axeq_queue_depth 0", "axeq_inflight_bytes 0", "axeq_received_bytes_total",
+                           "axeq_jobs_total{state=\"JOB_STATE_SUCCEEDED\"} 1", "axeq_worker_utilisation_ratio"})
+    EXPECT_NE(m.find(want), std::string::npos) << want << "\n" << m.substr(0, 3000);
+  // Draining: health turns NOT_SERVING before the server stops accepting.
+  std::thread drain([&] { (*srv)->Drain(std::chrono::milliseconds(500)); });
+  bool not_serving = false;
+  for (int i = 0; i < 40 && !not_serving; ++i) {
+    not_serving = Health((*srv)->port()) == grpc::health::v1::HealthCheckResponse::NOT_SERVING;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  drain.join();
+  EXPECT_TRUE(not_serving);
+}
+
 TEST(ServerBinary, DrainsOnSigterm) {
   const char* bin = std::getenv("AXEQ_SERVER_BIN");
   ASSERT_NE(bin, nullptr) << "AXEQ_SERVER_BIN not set";
@@ -433,7 +487,7 @@ TEST(ServerBinary, DrainsOnSigterm) {
   const pid_t pid = fork();
   if (pid == 0) {
     freopen(log.c_str(), "w", stderr);
-    execl(bin, bin, "--address", "127.0.0.1:0", "--insecure", "--grace-seconds", "5", nullptr);
+    execl(bin, bin, "--address", "127.0.0.1:0", "--insecure", "--grace-seconds", "5", "--drain-delay-seconds", "0.2", nullptr);
     _exit(127);
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(800));
