@@ -1,0 +1,38 @@
+# axeq-server image: build stage (Debian 12 toolchain + gRPC) then a slim runtime with only the
+# shared libraries, running as a non-root user. Without a registry, pass a local base:
+#   podman build --isolation=chroot --build-arg BASE=localhost/debian:bookworm-local -t axeq-server .
+ARG BASE=debian:bookworm
+FROM ${BASE} AS build
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      cmake g++ make libeigen3-dev libabsl-dev libssl-dev libgtest-dev libgmock-dev nlohmann-json3-dev \
+      libcli11-dev libfmt-dev libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc \
+      grpc-proto prometheus-cpp-dev ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY CMakeLists.txt ./
+COPY cmake cmake
+COPY core core
+COPY proto proto
+COPY formats formats
+COPY server server
+COPY client client
+COPY tests tests
+# Portable binaries (no -march=native): the image may run on other CPUs than the builder.
+RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DAXEQ_NATIVE=OFF -DAXEQ_BUILD_BENCH=OFF \
+    && cmake --build build -j"$(nproc)" --target axeq-server axeq \
+    && strip build/server/axeq-server build/client/axeq
+
+FROM ${BASE} AS runtime
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      libgrpc++1.51 libprotobuf32 libabsl20220623 libssl3 libprometheus-cpp-core1.0 \
+      libprometheus-cpp-pull1.0 ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /var/lib/axeq --create-home axeq
+COPY --from=build /src/build/server/axeq-server /src/build/client/axeq /usr/local/bin/
+USER 10001:10001
+WORKDIR /var/lib/axeq
+# gRPC, Prometheus metrics
+EXPOSE 50051 9464
+VOLUME ["/var/lib/axeq/results"]
+ENTRYPOINT ["/usr/local/bin/axeq-server"]
+CMD ["--address", "0.0.0.0:50051", "--metrics-address", "0.0.0.0:9464", "--results-dir", "/var/lib/axeq/results", "--insecure"]
