@@ -1,0 +1,260 @@
+"""The numpy-level client of axeq-server: connect (TLS, mTLS, bearer token), quantize one layer from
+arrays (calibration rows or statistics), stream progress, get codes, scales, report and certificate
+back, submit many layers concurrently, and resume by job id."""
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import grpc
+import numpy as np
+
+from .certificate import verify_certificate
+from .config import ActivationQuantizer, Config
+
+try:
+    from .v1 import axeq_pb2 as pb, axeq_pb2_grpc as pb_grpc
+except ImportError as e:  # pragma: no cover
+    raise ImportError("axeq.v1 stubs are missing: run client/python/generate.sh (or build the "
+                      "axeq_python CMake target and use build/python)") from e
+
+CHUNK_BYTES = 3 << 20
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+class ServerError(RuntimeError):
+    """A failed call: .code is the grpc.StatusCode, .details the server's message."""
+
+    def __init__(self, code, details):
+        super().__init__(f"{code.name}: {details}")
+        self.code, self.details = code, details
+
+
+@dataclass
+class LayerResult:
+    name: str
+    job_id: str
+    codes: np.ndarray            # int8 [C, K]
+    scales: np.ndarray           # float32 [C, groups]
+    bias: Optional[np.ndarray]   # corrected bias [C] or None
+    activation: ActivationQuantizer
+    report: dict
+    certificate: dict
+
+    def dequantized(self) -> np.ndarray:
+        g = self.scales.shape[1]
+        k = self.codes.shape[1]
+        size = k if g == 1 else -(-k // g)
+        s = np.repeat(self.scales, size, axis=1)[:, :k]
+        return (self.codes.astype(np.float32) * s).astype(np.float32)
+
+    def verify(self):
+        """Re-checks the certificate locally from the codes (never trusts the server)."""
+        return verify_certificate(self.codes, self.certificate)
+
+
+def _f32(a, name, shape=None):
+    a = np.ascontiguousarray(np.asarray(a, dtype=np.float32))
+    if shape is not None and a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    if not np.isfinite(a).all():
+        bad = np.argwhere(~np.isfinite(a))[0]
+        raise ValueError(f"{name} has NaN/Inf values (first at {tuple(int(i) for i in bad)})")
+    return a
+
+
+def _cert_dict(c) -> dict:
+    return {
+        "weights_sha256": c.weights_sha256, "output_channels": c.output_channels, "inputs": c.inputs,
+        "weight_bits": c.weight_bits, "input_bits": c.input_bits, "inputs_signed": c.inputs_signed,
+        "input_min": c.input_min, "input_max": c.input_max, "accumulator_bits": c.accumulator_bits,
+        "tile_size": c.tile_size, "twos_complement": c.twos_complement,
+        "outer_accumulator_bits": c.outer_accumulator_bits, "min_accumulator_bits": c.min_accumulator_bits,
+        "min_outer_accumulator_bits": c.min_outer_accumulator_bits, "unsafe_channels": c.unsafe_channels,
+        "safe": c.safe, "assumptions": c.assumptions,
+        "channels": [{"lo": ch.lo, "hi": ch.hi, "tile": ch.tile, "row_lo": ch.row_lo, "row_hi": ch.row_hi}
+                     for ch in c.channels],
+    }
+
+
+class Client:
+    def __init__(self, address: str, *, tls: bool = False, ca_file: str | None = None,
+                 cert_file: str | None = None, key_file: str | None = None, server_name: str | None = None,
+                 token: str | None = None, deadline: float = 3600.0, retries: int = 5):
+        opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 8 << 20)]
+        if tls or ca_file:
+            read = lambda p: open(p, "rb").read() if p else None
+            creds = grpc.ssl_channel_credentials(read(ca_file), read(key_file), read(cert_file))
+            if server_name:
+                opts.append(("grpc.ssl_target_name_override", server_name))
+            self._channel = grpc.secure_channel(address, creds, options=opts)
+        else:
+            self._channel = grpc.insecure_channel(address, options=opts)
+        self._stub = pb_grpc.QuantizerStub(self._channel)
+        self._metadata = [("authorization", f"Bearer {token}")] if token else []
+        self.deadline, self.retries = deadline, max(1, retries)
+
+    def close(self):
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- one layer -------------------------------------------------------------------------------
+    def quantize(self, name: str, weight, *, bias=None, inputs=None, quant_inputs=None,
+                 activation: ActivationQuantizer | None = None, gram=None, cross=None, xx=None,
+                 mean_x=None, mean_xq=None, samples: int | None = None, config: Config | None = None,
+                 relative_error: bool = True, detach: bool = False, idempotency_key: str | None = None,
+                 progress: Callable[[str, float], None] | None = None) -> LayerResult:
+        """Quantizes weight [C, K]. Calibration is either rows (inputs X [D, K] and optionally
+        quant_inputs X~; without X~ the server applies `activation`, which defaults to a min/max fit
+        of X) or statistics (gram = X~^T X~ / D, cross = X~^T X / D, optional xx, means, samples=D).
+        Retries UNAVAILABLE / RESOURCE_EXHAUSTED with backoff under one idempotency key."""
+        config = config or Config()
+        w = _f32(weight, "weight")
+        if w.ndim != 2:
+            raise ValueError(f"weight must be 2-D [C, K], got shape {w.shape}")
+        c, k = w.shape
+        b = None if bias is None else _f32(bias, "bias", (c,))
+        stats_mode = gram is not None
+        if stats_mode == (inputs is not None):
+            raise ValueError("give either calibration rows (inputs=...) or statistics (gram=...), not both")
+        if activation is None:
+            if inputs is None:
+                raise ValueError("statistics uploads need the activation quantizer that produced X~")
+            activation = ActivationQuantizer.calibrate(inputs, config.input_bits, config.signed_inputs)
+        header = pb.LayerHeader(layer_name=name, output_channels=c, inputs=k, config=config.to_proto(pb),
+                                activations=activation.to_proto(pb), has_bias=b is not None, detach=detach,
+                                idempotency_key=idempotency_key or f"{name}/{uuid.uuid4().hex}")
+        tensors = [(pb.TENSOR_KIND_WEIGHT, w)] + ([(pb.TENSOR_KIND_BIAS, b)] if b is not None else [])
+        rows = None
+        if stats_mode:
+            if samples is None or samples < 1:
+                raise ValueError("statistics uploads need samples=D >= 1")
+            header.calibration = pb.CALIBRATION_KIND_STATISTICS
+            header.samples = int(samples)
+            tensors.append((pb.TENSOR_KIND_GRAM, _f32(gram, "gram", (k, k))))
+            if cross is not None:
+                tensors.append((pb.TENSOR_KIND_CROSS, _f32(cross, "cross", (k, k))))
+            if xx is not None:
+                header.has_xx = True
+                tensors.append((pb.TENSOR_KIND_XX, _f32(xx, "xx", (k, k))))
+            if mean_x is not None and mean_xq is not None:
+                header.has_means = True
+                tensors += [(pb.TENSOR_KIND_MEAN_X, _f32(mean_x, "mean_x", (k,))),
+                            (pb.TENSOR_KIND_MEAN_XQ, _f32(mean_xq, "mean_xq", (k,)))]
+        else:
+            header.calibration = pb.CALIBRATION_KIND_ROWS
+            header.has_xx = relative_error
+            x = _f32(inputs, "inputs")
+            if x.ndim != 2 or x.shape[1] != k:
+                raise ValueError(f"inputs must be [D, {k}], got {x.shape}")
+            xq = None if quant_inputs is None else _f32(quant_inputs, "quant_inputs", x.shape)
+            rows = (x, xq)
+
+        def requests():
+            yield pb.UploadRequest(header=header)
+            n = 0
+            for kind, a in tensors:
+                flat = a.reshape(-1).view(np.uint8)
+                step = CHUNK_BYTES // 4 * 4
+                for off in range(0, flat.size, step):
+                    yield pb.UploadRequest(tensor=pb.TensorChunk(tensor=kind, offset=off // 4, data=flat[off:off + step].tobytes()))
+                    n += 1
+            if rows is not None:
+                x, xq = rows
+                per = max(1, CHUNK_BYTES // 2 // (4 * k))
+                for r0 in range(0, x.shape[0], per):
+                    yield pb.UploadRequest(rows=pb.RowsChunk(row_offset=r0, inputs=x[r0:r0 + per].tobytes(),
+                                                             quant_inputs=b"" if xq is None else xq[r0:r0 + per].tobytes()))
+                    n += 1
+            yield pb.UploadRequest(commit=pb.Commit(chunks=n))
+
+        return self._with_retries(lambda: self._collect(
+            self._stub.Quantize(requests(), timeout=self.deadline, metadata=self._metadata), progress))
+
+    def fetch(self, job_id: str, progress=None) -> LayerResult:
+        """Follows a job by id and returns its result (resume after a disconnect or a restart)."""
+        return self._with_retries(lambda: self._collect(
+            self._stub.Watch(pb.WatchRequest(job_id=job_id, include_result=True), timeout=self.deadline,
+                             metadata=self._metadata), progress))
+
+    def cancel(self, job_id: str) -> str:
+        try:
+            r = self._stub.Cancel(pb.CancelRequest(job_id=job_id), timeout=60, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise ServerError(e.code(), e.details()) from None
+        return pb.JobState.Name(r.state)
+
+    def list_jobs(self) -> list:
+        try:
+            r = self._stub.ListJobs(pb.ListJobsRequest(), timeout=60, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise ServerError(e.code(), e.details()) from None
+        return [{"job_id": j.job_id, "layer": j.layer_name, "state": pb.JobState.Name(j.state),
+                 "created_unix_ms": j.created_unix_ms} for j in r.jobs]
+
+    # -- many layers -----------------------------------------------------------------------------
+    def quantize_many(self, layers: list[dict], max_concurrency: int = 4, progress=None) -> list[LayerResult]:
+        """Quantizes independent layers concurrently; each dict holds quantize()'s arguments."""
+        def one(spec):
+            spec = dict(spec)
+            name = spec.pop("name")
+            cb = (lambda s, f, n=name: progress(n, s, f)) if progress else None
+            return self.quantize(name, spec.pop("weight"), progress=cb, **spec)
+        with ThreadPoolExecutor(max_workers=max(1, max_concurrency)) as ex:
+            return list(ex.map(one, layers))
+
+    # -- internals -------------------------------------------------------------------------------
+    def _with_retries(self, call):
+        delay = 0.25
+        for attempt in range(self.retries):
+            try:
+                return call()
+            except ServerError as e:
+                if e.code not in _RETRYABLE or attempt + 1 == self.retries:
+                    raise
+                time.sleep(max(delay, getattr(e, "retry_after", 0)) + random.random() * 0.25)
+                delay = min(delay * 2, 8.0)
+
+    def _collect(self, stream, progress) -> LayerResult:
+        parts = {pb.RESULT_PART_CODES: bytearray(), pb.RESULT_PART_SCALES: bytearray(), pb.RESULT_PART_BIAS: bytearray()}
+        fin, job_id = None, ""
+        try:
+            for e in stream:
+                job_id = e.job_id or job_id
+                kind = e.WhichOneof("event")
+                if kind == "progress" and progress:
+                    progress(pb.JobState.Name(e.progress.state), e.progress.fraction)
+                elif kind == "result":
+                    buf = parts[e.result.part]
+                    if e.result.offset != len(buf):
+                        raise ServerError(grpc.StatusCode.DATA_LOSS, "result chunk out of order")
+                    buf += e.result.data
+                elif kind == "finished":
+                    fin = e.finished
+        except grpc.RpcError as e:
+            err = ServerError(e.code(), e.details())
+            for key, value in (e.trailing_metadata() or ()):
+                if key == "axeq-retry-after-ms":
+                    err.retry_after = int(value) / 1000.0
+            raise err from None
+        if fin is None:
+            raise ServerError(grpc.StatusCode.DATA_LOSS, "stream ended without a summary")
+        c, k, g = fin.output_channels, fin.inputs, fin.scale_groups
+        codes = np.frombuffer(bytes(parts[pb.RESULT_PART_CODES]), dtype=np.int8).reshape(c, k).copy()
+        scales = np.frombuffer(bytes(parts[pb.RESULT_PART_SCALES]), dtype=np.float32).reshape(c, g).copy()
+        bias = np.frombuffer(bytes(parts[pb.RESULT_PART_BIAS]), dtype=np.float32).copy() if fin.has_bias else None
+        a = fin.activations
+        rep = fin.report
+        report = {f.name: getattr(rep, f.name) for f in rep.DESCRIPTOR.fields}
+        return LayerResult(fin.layer_name, job_id, codes, scales, bias,
+                           ActivationQuantizer(a.bits, a.is_signed, a.scale, a.zero_point), report,
+                           _cert_dict(fin.certificate))
