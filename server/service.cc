@@ -7,7 +7,10 @@
 #include <chrono>
 #include <cstring>
 #include <iostream>
+#include <condition_variable>
+#include <deque>
 #include <mutex>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "axeq/v1/axeq.grpc.pb.h"
@@ -33,8 +36,31 @@ bool Terminal(v1::JobState s) {
 // An upload in progress: the header's promises and what has arrived so far.
 class Upload {
  public:
-  Upload() : digest_(EVP_MD_CTX_new()) { EVP_DigestInit_ex(digest_, EVP_sha256(), nullptr); }
-  ~Upload() { EVP_MD_CTX_free(digest_); }
+  Upload() : digest_(EVP_MD_CTX_new()), rows_digest_(EVP_MD_CTX_new()) {
+    EVP_DigestInit_ex(digest_, EVP_sha256(), nullptr);
+    EVP_DigestInit_ex(rows_digest_, EVP_sha256(), nullptr);
+    // The content digest (for idempotency) is computed off the receiving thread: tensor chunks
+    // land in buffers reserved up front, so their bytes stay put while a helper hashes them.
+    hasher_ = std::thread([this] {
+      for (;;) {
+        Piece p;
+        {
+          std::unique_lock<std::mutex> l(hash_mu_);
+          hash_cv_.wait(l, [&] { return !pieces_.empty() || hash_done_; });
+          if (pieces_.empty()) return;
+          p = pieces_.front();
+          pieces_.pop_front();
+        }
+        EVP_DigestUpdate(digest_, &p.tag, sizeof(p.tag));
+        EVP_DigestUpdate(digest_, p.data, p.size);
+      }
+    });
+  }
+  ~Upload() {
+    StopHasher();
+    EVP_MD_CTX_free(digest_);
+    EVP_MD_CTX_free(rows_digest_);
+  }
 
   // Validates the header; INVALID_ARGUMENT naming the field.
   absl::Status Start(const v1::LayerHeader& h, int64_t max_upload_bytes) {
@@ -73,8 +99,8 @@ class Upload {
       return absl::ResourceExhaustedError(absl::StrCat("layer upload of ", upload >> 20, " MiB exceeds the server's limit of ", max_upload_bytes >> 20, " MiB"));
     for (int i = 0; i < kKinds; ++i) data_[i].reserve(size_[i]);  // lazily grown up to size_
     if (rows_mode_) acc_ = std::make_unique<StatsAccumulator>(k_, /*keep_cross=*/true, /*keep_xx=*/h.has_xx());
-    std::string hb = h.SerializeAsString();
-    EVP_DigestUpdate(digest_, hb.data(), hb.size());
+    header_bytes_ = h.SerializeAsString();
+    Enqueue(-1, header_bytes_.data(), header_bytes_.size());
     return absl::OkStatus();
   }
 
@@ -110,7 +136,7 @@ class Upload {
     for (int64_t i = 0; i < n; ++i)
       if (!std::isfinite(buf[at + i]))
         return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " has a NaN/Inf value at element ", at + i));
-    Digest(kind, t.data());
+    Enqueue(kind, buf.data() + at, t.data().size());
     ++chunks_;
     return absl::OkStatus();
   }
@@ -138,14 +164,16 @@ class Upload {
     auto s = acc_->Add(x, xq);
     if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("rows ", rows_, "..", rows_ + n, ": ", s.message()));
     rows_ += n;
-    Digest(100, r.inputs());
-    Digest(101, r.quant_inputs());
+    // Rows are not kept, so they are hashed here, into a digest of their own.
+    EVP_DigestUpdate(rows_digest_, r.inputs().data(), r.inputs().size());
+    EVP_DigestUpdate(rows_digest_, r.quant_inputs().data(), r.quant_inputs().size());
     ++chunks_;
     return absl::OkStatus();
   }
 
   // Checks the commit and builds the job's input; INVALID_ARGUMENT / FAILED_PRECONDITION.
   absl::StatusOr<std::unique_ptr<JobInput>> Finish(const v1::Commit& commit) {
+    StopHasher();  // the buffers below are released: all hashing of them must be done
     if (commit.chunks() != chunks_)
       return absl::InvalidArgumentError(absl::StrCat("commit announces ", commit.chunks(), " chunks but ", chunks_, " arrived"));
     for (int kind = 1; kind < kKinds; ++kind) {
@@ -185,8 +213,11 @@ class Upload {
   }
 
   std::string DigestHex() {
+    StopHasher();
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int len = 0;
+    EVP_DigestFinal_ex(rows_digest_, md, &len);
+    EVP_DigestUpdate(digest_, md, len);
     EVP_DigestFinal_ex(digest_, md, &len);
     std::string hex;
     for (unsigned int i = 0; i < len; ++i) absl::StrAppend(&hex, absl::Hex(md[i], absl::kZeroPad2));
@@ -203,10 +234,26 @@ class Upload {
     if (bytes % 4 != 0) return absl::InvalidArgumentError(absl::StrCat(what, " chunk of ", bytes, " bytes is not whole float32 values"));
     return absl::OkStatus();
   }
-  void Digest(int tag, const std::string& data) {
-    const int64_t t = tag;
-    EVP_DigestUpdate(digest_, &t, sizeof(t));
-    EVP_DigestUpdate(digest_, data.data(), data.size());
+  struct Piece {
+    int64_t tag;
+    const void* data;
+    size_t size;
+  };
+  void Enqueue(int64_t tag, const void* data, size_t size) {
+    {
+      std::lock_guard<std::mutex> l(hash_mu_);
+      pieces_.push_back({tag, data, size});
+    }
+    hash_cv_.notify_one();
+  }
+  void StopHasher() {
+    if (!hasher_.joinable()) return;
+    {
+      std::lock_guard<std::mutex> l(hash_mu_);
+      hash_done_ = true;
+    }
+    hash_cv_.notify_one();
+    hasher_.join();
   }
   void Release(int kind) { std::vector<float>().swap(data_[kind]); }
 
@@ -219,6 +266,13 @@ class Upload {
   std::array<std::vector<float>, kKinds> data_;
   std::unique_ptr<StatsAccumulator> acc_;
   EVP_MD_CTX* digest_;
+  EVP_MD_CTX* rows_digest_;
+  std::string header_bytes_;
+  std::mutex hash_mu_;
+  std::condition_variable hash_cv_;
+  std::deque<Piece> pieces_;
+  bool hash_done_ = false;
+  std::thread hasher_;
 };
 
 }  // namespace
