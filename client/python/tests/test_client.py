@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -35,6 +36,7 @@ class ServerFixture(unittest.TestCase):
                                     stderr=subprocess.PIPE, text=True)
         line = cls.proc.stderr.readline()
         cls.port = json.loads(line)["port"]
+        threading.Thread(target=lambda: [None for _ in cls.proc.stderr], daemon=True).start()
         cls.client = Client(f"127.0.0.1:{cls.port}", deadline=120)
 
     @classmethod
