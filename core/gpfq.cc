@@ -30,34 +30,19 @@ absl::StatusOr<GreedyResult> GpfqImpl(const Eigen::Ref<const MatrixXf>& weights,
     inv_pivot(i) = dead ? S(0) : S(1) / b(i, i);  // dead input: X~_i = 0, code 0 is optimal
   }
   result.codes.resize(c, k);
-  std::atomic<int64_t> done{0};
-  const int64_t total = ((c + kRowChunk - 1) / kRowChunk) * k;
-  std::atomic<int64_t> breakdowns{0};
-  AXEQ_RETURN_IF_ERROR(RunChunked(c, ctx, [&](int64_t row0, int64_t rows) -> absl::Status {
-    MatS<S> w(rows, k);
-    for (int64_t i = 0; i < k; ++i)
-      w.col(i) = weights.block(row0, order[i], rows, 1).template cast<S>();
-    // acc[:, i] = sum_{j<=i} A_ij W_j = (W tril(A)^T)[:, i]
-    MatS<S> acc(rows, k);
-    acc.noalias() = w * a.transpose().template triangularView<Eigen::Upper>();
-    w.resize(0, 0);
-    CodeChooser chooser(opts, scales, constraints, k, row0, rows);
-    auto step = [&](int64_t i, auto delta) {
-      const int64_t o = order[i];
-      chooser.SetColumn(o);
-      for (int64_t r = 0; r < rows; ++r) {
-        S v;
-        double s;
-        const int q = chooser.Choose(r, acc(r, i) * inv_pivot(i), &v, &s);
-        result.codes(row0 + r, o) = static_cast<int8_t>(q);
-        delta(r) = static_cast<S>(q * s);
-      }
-    };
-    auto s = BlockedSweep<S>(acc, b, opts.block_size, ctx, &done, total, step);
-    breakdowns += chooser.breakdowns();
-    return s;
-  }));
-  if (breakdowns > 0) return BreakdownError(breakdowns);
+  AXEQ_RETURN_IF_ERROR(SweepChannels<S>(
+      order, b, opts, scales, constraints, ctx, &result.codes,
+      [&](int64_t row0, int64_t rows) {
+        MatS<S> w(rows, k);
+        for (int64_t i = 0; i < k; ++i)
+          w.col(i) = weights.block(row0, order[i], rows, 1).template cast<S>();
+        // acc[:, i] = sum_{j<=i} A_ij W_j = (W tril(A)^T)[:, i]
+        MatS<S> acc(rows, k);
+        acc.noalias() = w * a.transpose().template triangularView<Eigen::Upper>();
+        return acc;
+      },
+      [&](int64_t i, S x) { return x * inv_pivot(i); },
+      [&](int64_t, S, S, int q, double s) { return static_cast<S>(q * s); }));
   return result;
 }
 

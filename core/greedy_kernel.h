@@ -141,6 +141,46 @@ absl::Status BlockedSweep(MatS<S>& acc, const Coupling& coupling, int64_t block,
   return absl::OkStatus();
 }
 
+template <typename Fn>
+absl::Status RunChunked(int64_t c, const RunContext& ctx, Fn&& fn);
+absl::Status BreakdownErrorFor(int64_t n);
+
+// Quantizes every fixed chunk of output channels: init(row0, rows) gives the chunk's accumulator
+// (rows x K, permuted order); for column i the code is chosen from value(i, acc(r, i)) and the
+// sweep propagates delta(i, value, constrained value, code, scale) along `coupling`. Writes codes
+// in the original input order. Shared by OPTQ and GPFQ.
+template <typename S, typename Coupling, typename Init, typename Value, typename Delta>
+absl::Status SweepChannels(const std::vector<int64_t>& order, const Coupling& coupling,
+                           const LayerOptions& opts, const Eigen::Ref<const MatrixXf>& scales,
+                           const Constraints& constraints, const RunContext& ctx, MatrixXi8* codes,
+                           Init&& init, Value&& value, Delta&& delta_of) {
+  const int64_t c = codes->rows(), k = codes->cols();
+  std::atomic<int64_t> done{0}, breakdowns{0};
+  const int64_t total = ((c + kRowChunk - 1) / kRowChunk) * k;
+  auto status = RunChunked(c, ctx, [&](int64_t row0, int64_t rows) -> absl::Status {
+    MatS<S> acc = init(row0, rows);
+    CodeChooser chooser(opts, scales, constraints, k, row0, rows);
+    auto step = [&](int64_t i, auto delta) {
+      const int64_t o = order[i];
+      chooser.SetColumn(o);
+      for (int64_t r = 0; r < rows; ++r) {
+        const S x = value(i, acc(r, i));
+        S v;
+        double s;
+        const int q = chooser.Choose(r, x, &v, &s);
+        (*codes)(row0 + r, o) = static_cast<int8_t>(q);
+        delta(r) = delta_of(i, x, v, q, s);
+      }
+    };
+    auto st = BlockedSweep<S>(acc, coupling, opts.block_size, ctx, &done, total, step);
+    breakdowns += chooser.breakdowns();
+    return st;
+  });
+  if (!status.ok()) return status;
+  if (breakdowns > 0) return BreakdownErrorFor(breakdowns);
+  return absl::OkStatus();
+}
+
 // Calls fn(row0, rows) for each fixed chunk of c output channels, through ctx.parallel_for when
 // given; returns the first error of any chunk.
 template <typename Fn>
@@ -191,7 +231,7 @@ MatS<S> PermuteSymmetric(const Eigen::Ref<const MatrixXf>& m, const std::vector<
   return out;
 }
 
-inline absl::Status BreakdownError(int64_t n) {
+inline absl::Status BreakdownErrorFor(int64_t n) {
   return absl::FailedPreconditionError(absl::StrCat(
       "numerical breakdown: ", n, " non-finite intermediate values (statistics too ill-conditioned;"
       " try more damping or precision=float64)"));

@@ -129,35 +129,20 @@ absl::StatusOr<GreedyResult> OptqImpl(const Eigen::Ref<const MatrixXf>& weights,
                                                    &result.damping, &result.damping_retries, ctx));
   h.resize(0, 0);
   result.codes.resize(c, k);
-  std::atomic<int64_t> done{0};
-  const int64_t total = ((c + kRowChunk - 1) / kRowChunk) * k;
   const bool original = opts.optq_error == OptqErrorForm::kOriginal;
-  std::atomic<int64_t> breakdowns{0};
-  AXEQ_RETURN_IF_ERROR(RunChunked(c, ctx, [&](int64_t row0, int64_t rows) -> absl::Status {
-    MatS<S> acc(rows, k);
-    for (int64_t i = 0; i < k; ++i)
-      acc.col(i) = dead[i] ? VecS<S>::Zero(rows)
-                           : VecS<S>(weights.block(row0, order[i], rows, 1).template cast<S>());
-    CodeChooser chooser(opts, scales, constraints, k, row0, rows);
-    auto step = [&](int64_t i, auto delta) {
-      const int64_t o = order[i];
-      const S inv_d = S(1) / u(i, i);
-      chooser.SetColumn(o);
-      for (int64_t r = 0; r < rows; ++r) {
-        const S w = acc(r, i);
-        S v;
-        double s;
-        const int q = chooser.Choose(r, w, &v, &s);
-        result.codes(row0 + r, o) = static_cast<int8_t>(q);
-        const S qd = static_cast<S>(q * s);
-        delta(r) = ((original ? w : v) - qd) * inv_d;
-      }
-    };
-    auto s = BlockedSweep<S>(acc, u, opts.block_size, ctx, &done, total, step);
-    breakdowns += chooser.breakdowns();
-    return s;
-  }));
-  if (breakdowns > 0) return BreakdownError(breakdowns);
+  AXEQ_RETURN_IF_ERROR(SweepChannels<S>(
+      order, u, opts, scales, constraints, ctx, &result.codes,
+      [&](int64_t row0, int64_t rows) {
+        MatS<S> acc(rows, k);
+        for (int64_t i = 0; i < k; ++i)
+          acc.col(i) = dead[i] ? VecS<S>::Zero(rows)
+                               : VecS<S>(weights.block(row0, order[i], rows, 1).template cast<S>());
+        return acc;
+      },
+      [](int64_t, S x) { return x; },
+      [&](int64_t i, S w, S v, int q, double s) {  // E = (W_i - Q_i) / U_ii (Algorithm 2, line 8)
+        return ((original ? w : v) - static_cast<S>(q * s)) / u(i, i);
+      }));
   return result;
 }
 

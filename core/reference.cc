@@ -66,7 +66,7 @@ absl::StatusOr<GreedyResult> OptqReference(const Eigen::Ref<const MatrixXf>& wei
       for (int64_t j = i + 1; j < k; ++j) w(r, j) -= err * u(i, j);
     }
   }
-  if (chooser.breakdowns() > 0) return internal::BreakdownError(chooser.breakdowns());
+  if (chooser.breakdowns() > 0) return internal::BreakdownErrorFor(chooser.breakdowns());
   return result;
 }
 
@@ -104,7 +104,7 @@ absl::StatusOr<GreedyResult> GpfqReference(const Eigen::Ref<const MatrixXf>& wei
     result.dead_inputs += norm > 0 ? 0 : 1;
     u.noalias() += xi * wi.transpose() - xqi * qd.transpose();  // line 11
   }
-  if (chooser.breakdowns() > 0) return internal::BreakdownError(chooser.breakdowns());
+  if (chooser.breakdowns() > 0) return internal::BreakdownErrorFor(chooser.breakdowns());
   return result;
 }
 
