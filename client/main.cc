@@ -20,6 +20,7 @@
 #include "client/llama2c.h"
 #include "client/remote.h"
 #include "core/bounds.h"
+#include "core/simulate.h"
 #include "formats/certificate_json.h"
 
 namespace axeq {
@@ -184,6 +185,21 @@ int main(int argc, char** argv) {
   ev->add_option("--length", length, "tokens per sequence")->capture_default_str();
   ev->add_option("--seed", ev_seed, "sampling seed (must differ from the capture seed)")->capture_default_str();
 
+  auto* sim = app.add_subcommand("simulate", "Run quantized layers in integer arithmetic with a P-bit accumulator and count overflows");
+  std::string sim_result, sim_cal;
+  int sim_bits = 0, sim_outer = -1;
+  int64_t sim_tile = -1;
+  bool sim_saturate = false, sim_symmetric = false, sim_fail = false, sim_json = false;
+  sim->add_option("result", sim_result, "RESULT.safetensors")->required();
+  sim->add_option("--calibration", sim_cal, "CAL.safetensors with <layer>.inputs (float X)")->required();
+  sim->add_option("--acc-bits", sim_bits, "P (P_I per tile); default: each certificate's");
+  sim->add_option("--tile", sim_tile, "T; default: each certificate's (0 = monolithic)");
+  sim->add_option("--outer-bits", sim_outer, "P_O of the tile-sum register; default: the certificate's Eq. 21 value (0 = wide)");
+  sim->add_flag("--saturate", sim_saturate, "saturating registers (default: two's-complement wrap)");
+  sim->add_flag("--symmetric", sim_symmetric, "registers hold [-(2^(P-1)-1), 2^(P-1)-1] (sign-magnitude, as the paper)");
+  sim->add_flag("--fail-on-overflow", sim_fail, "exit 1 if any overflow happens");
+  sim->add_flag("--json", sim_json, "JSON output");
+
   auto* jobs_cmd = app.add_subcommand("jobs", "List your jobs on the server");
   auto* watch_cmd = app.add_subcommand("watch", "Follow a job by id until it ends");
   auto* fetch_cmd = app.add_subcommand("fetch", "Fetch a finished job's result into a RESULT.safetensors");
@@ -299,6 +315,64 @@ int main(int argc, char** argv) {
                   all_safe ? "all SAFE" : "some UNSAFE (the codes exceed the target accumulator; expected for --no-axe)");
     }
     return 0;
+  }
+
+  if (sim->parsed()) {
+    auto f = ReadSafetensors(sim_result);
+    if (!f.ok()) return Fail(f.status());
+    auto cal = ReadSafetensors(sim_cal);
+    if (!cal.ok()) return Fail(cal.status());
+    nlohmann::json out = nlohmann::json::array();
+    bool any = false;
+    if (!sim_json)
+      std::printf("%-30s %4s %5s %4s %12s %12s %10s %12s %12s\n", "layer", "P", "T", "P_O", "dots", "overflowing",
+                  "wrong", "rel.error", "worst-case");
+    for (const auto& [key, text] : f->metadata) {
+      if (key.size() < 12 || key.compare(key.size() - 12, 12, ".certificate") != 0) continue;
+      const std::string name = key.substr(0, key.size() - 12);
+      auto cert = ParseCertificate(text);
+      if (!cert.ok()) return Fail(cert.status());
+      auto codes = TensorToCodes(f->tensors[name + ".qweight"], name + ".qweight");
+      if (!codes.ok()) return Fail(codes.status());
+      auto it = cal->tensors.find(name + ".inputs");
+      if (it == cal->tensors.end()) return Fail(absl::NotFoundError(absl::StrCat(sim_cal, " has no ", name, ".inputs")));
+      auto x = TensorToMatrix(it->second, name + ".inputs");
+      if (!x.ok()) return Fail(x.status());
+      ActivationQuantizer act;
+      act.spec.bits = cert->input_bits;
+      act.spec.is_signed = cert->inputs_signed;
+      std::memcpy(&act.scale, f->tensors[name + ".input_scale"].data.data(), 4);
+      std::memcpy(&act.zero_point, f->tensors[name + ".input_zero_point"].data.data(), 4);
+      DatapathSpec spec;
+      spec.accumulator_bits = sim_bits > 0 ? sim_bits : cert->accumulator_bits;
+      spec.tile_size = sim_tile >= 0 ? sim_tile : cert->tile_size;
+      spec.outer_bits = sim_outer >= 0 ? sim_outer
+                                       : OuterAccumulatorBits(spec.accumulator_bits, codes->cols(), spec.tile_size);
+      spec.mode = sim_saturate ? OverflowMode::kSaturate : OverflowMode::kWrap;
+      spec.twos_complement = !sim_symmetric;
+      auto s = SimulateDatapath(*codes, InputCodes(*x, act), spec);
+      if (!s.ok()) return Fail(s.status());
+      InputSpec in = act.spec;
+      auto w = SimulateWorstCase(*codes, in, spec);
+      if (!w.ok()) return Fail(w.status());
+      any = any || s->overflow_events > 0 || w->overflow_events > 0;
+      if (sim_json) {
+        out.push_back({{"layer", name}, {"accumulator_bits", spec.accumulator_bits}, {"tile_size", spec.tile_size},
+                       {"outer_bits", spec.outer_bits}, {"dot_products", s->dot_products},
+                       {"overflowing_dot_products", s->overflowing_dot_products}, {"overflow_events", s->overflow_events},
+                       {"wrong_outputs", s->wrong_outputs}, {"relative_error", s->relative_error},
+                       {"worst_case_overflowing", w->overflowing_dot_products}, {"worst_case_wrong", w->wrong_outputs}});
+      } else {
+        std::printf("%-30s %4d %5lld %4d %12lld %12lld %10lld %12.3g %6lld/%-5lld\n", name.c_str(), spec.accumulator_bits,
+                    static_cast<long long>(spec.tile_size), spec.outer_bits, static_cast<long long>(s->dot_products),
+                    static_cast<long long>(s->overflowing_dot_products), static_cast<long long>(s->wrong_outputs),
+                    s->relative_error, static_cast<long long>(w->overflowing_dot_products),
+                    static_cast<long long>(w->dot_products));
+      }
+    }
+    if (sim_json) std::cout << out.dump(2) << std::endl;
+    else std::printf("%s\n", any ? "OVERFLOWS found (the datapath is too narrow for these codes)" : "no overflow on calibration or worst-case inputs");
+    return sim_fail && any ? 1 : 0;
   }
 
   if (v->parsed()) {
