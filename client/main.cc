@@ -19,6 +19,7 @@
 #include "client/job.h"
 #include "client/llama2c.h"
 #include "client/remote.h"
+#include "client/sweep.h"
 #include "core/bounds.h"
 #include "core/simulate.h"
 #include "formats/certificate_json.h"
@@ -200,6 +201,26 @@ int main(int argc, char** argv) {
   sim->add_flag("--fail-on-overflow", sim_fail, "exit 1 if any overflow happens");
   sim->add_flag("--json", sim_json, "JSON output");
 
+  auto* sw = app.add_subcommand("sweep", "Sweep accumulator widths and bit widths; report the Pareto frontier and plots");
+  std::string sw_model, sw_cal, sw_p = "16,18,20,24,32", sw_m = "3-8", sw_n = "3-8", sw_methods = "axe,naive,ep-init",
+              sw_alg = "optq", sw_cache = ".axeq-sweep-cache", sw_out = "sweep", sw_eval, sw_layers;
+  int sw_tile = 0;
+  bool sw_any_n = false, sw_signed = false;
+  sw->add_option("--model", sw_model, "LAYERS.safetensors")->required();
+  sw->add_option("--calibration", sw_cal, "CAL.safetensors")->required();
+  sw->add_option("--acc-bits", sw_p, "target P values: list or range, e.g. 16-24,32")->capture_default_str();
+  sw->add_option("--weight-bits", sw_m, "M values")->capture_default_str();
+  sw->add_option("--act-bits", sw_n, "N values")->capture_default_str();
+  sw->add_flag("--allow-act-below-weight", sw_any_n, "also try N < M (the paper uses N >= M)");
+  sw->add_option("--methods", sw_methods, "axe,naive,ep-init,rtz,hco")->capture_default_str();
+  sw->add_option("--algorithm", sw_alg, "optq|gpfq")->capture_default_str();
+  sw->add_option("--tile", sw_tile, "T (0 = monolithic)")->capture_default_str();
+  sw->add_flag("--signed-inputs", sw_signed, "signed activations");
+  sw->add_option("--cache", sw_cache, "cache of finished points (resume)")->capture_default_str();
+  sw->add_option("--out-dir", sw_out, "sweep.json, sweep.csv, pareto.svg, accumulator_bits.svg")->capture_default_str();
+  sw->add_option("--eval-command", sw_eval, "model metric per point, e.g. \"axeq llama2c-eval --checkpoint m.bin --result {result}\"");
+  sw->add_option("--layers", sw_layers, "comma-separated layer names (default: all)");
+
   auto* jobs_cmd = app.add_subcommand("jobs", "List your jobs on the server");
   auto* watch_cmd = app.add_subcommand("watch", "Follow a job by id until it ends");
   auto* fetch_cmd = app.add_subcommand("fetch", "Fetch a finished job's result into a RESULT.safetensors");
@@ -314,6 +335,52 @@ int main(int argc, char** argv) {
       std::printf("wrote %s: %zu layers, certificates: %s\n", out_path.c_str(), outs->size(),
                   all_safe ? "all SAFE" : "some UNSAFE (the codes exceed the target accumulator; expected for --no-axe)");
     }
+    return 0;
+  }
+
+  if (sw->parsed()) {
+    auto parse_list = [](const std::string& text, std::vector<int>* out) -> absl::Status {
+      out->clear();
+      for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+        std::vector<std::string> r = absl::StrSplit(part, '-');
+        int a, b;
+        if (r.size() == 1 && absl::SimpleAtoi(r[0], &a)) out->push_back(a);
+        else if (r.size() == 2 && absl::SimpleAtoi(r[0], &a) && absl::SimpleAtoi(r[1], &b) && a <= b)
+          for (int v = a; v <= b; ++v) out->push_back(v);
+        else return absl::InvalidArgumentError(absl::StrCat("cannot parse '", std::string(part), "' as a number or range"));
+      }
+      if (out->empty()) return absl::InvalidArgumentError(absl::StrCat("empty list '", text, "'"));
+      return absl::OkStatus();
+    };
+    SweepOptions so;
+    for (auto st : {parse_list(sw_p, &so.accumulator_bits), parse_list(sw_m, &so.weight_bits), parse_list(sw_n, &so.input_bits)})
+      if (!st.ok()) return Fail(st);
+    so.methods = absl::StrSplit(sw_methods, ',', absl::SkipEmpty());
+    so.allow_inputs_below_weights = sw_any_n;
+    so.job.layer.algorithm = sw_alg == "gpfq" ? Algorithm::kGpfq : Algorithm::kOptq;
+    so.job.layer.accumulator.tile_size = sw_tile;
+    so.job.layer.inputs.is_signed = sw_signed;
+    if (!sw_layers.empty()) so.job.layers = absl::StrSplit(sw_layers, ',', absl::SkipEmpty());
+    so.cache_dir = sw_cache;
+    so.eval_command = sw_eval;
+    std::unique_ptr<Engine> engine = MakeEmbeddedEngine(0);
+    if (!ro.address.empty()) {
+      auto client = connect();
+      if (!client.ok()) return Fail(client.status());
+      engine = MakeRemoteEngine(std::move(client).value(), concurrency);
+    }
+    const bool tty = isatty(2);
+    auto r = RunSweep(sw_model, sw_cal, so, engine.get(), [&](int done, int total, const std::string& what) {
+      if (tty) std::fprintf(stderr, "\r[%d/%d] %-40s", done, total, what.c_str());
+      if (tty && done == total) std::fprintf(stderr, "\n");
+    });
+    if (!r.ok()) return Fail(r.status());
+    int cached = 0;
+    for (const auto& pt : r->points) cached += pt.cached;
+    std::printf("%s", FrontierTable(*r, so).c_str());
+    if (auto st = WriteSweepOutputs(*r, so, sw_out); !st.ok()) return Fail(st);
+    std::printf("%zu points (%d from the cache %s); wrote %s/{sweep.json,sweep.csv,pareto.svg,accumulator_bits.svg}\n",
+                r->points.size(), cached, sw_cache.c_str(), sw_out.c_str());
     return 0;
   }
 
