@@ -379,7 +379,7 @@ int main(int argc, char** argv) {
     for (const auto& pt : r->points) cached += pt.cached;
     std::printf("%s", FrontierTable(*r, so).c_str());
     if (auto st = WriteSweepOutputs(*r, so, sw_out); !st.ok()) return Fail(st);
-    std::printf("%zu points (%d from the cache %s); wrote %s/{sweep.json,sweep.csv,pareto.svg,accumulator_bits.svg}\n",
+    std::printf("%zu points (%d from the cache %s); wrote %s/{sweep.json,sweep.csv,pareto.svg,accumulator_bits.svg} (+ .png with rsvg-convert)\n",
                 r->points.size(), cached, sw_cache.c_str(), sw_out.c_str());
     return 0;
   }

@@ -4,6 +4,7 @@
 #include <openssl/evp.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -273,6 +274,16 @@ absl::Status WriteSweepOutputs(const SweepResult& r, const SweepOptions& o, cons
     break;
   }
   if (!fs::exists(fs::path(dir) / "pareto.svg")) return absl::InternalError("could not write plots");
+  // PNG copies when a converter is installed (librsvg2-bin); the SVGs are the primary output.
+  if (std::system("command -v rsvg-convert >/dev/null 2>&1") == 0) {
+    for (const char* name : {"pareto", "accumulator_bits"}) {
+      const fs::path svg = fs::path(dir) / (std::string(name) + ".svg");
+      if (!fs::exists(svg)) continue;
+      const std::string cmd = absl::StrCat("rsvg-convert '", svg.string(), "' -o '",
+                                           (fs::path(dir) / (std::string(name) + ".png")).string(), "'");
+      if (std::system(cmd.c_str()) != 0) return absl::InternalError(absl::StrCat("failed: ", cmd));
+    }
+  }
   return absl::OkStatus();
 }
 
