@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/bounds.h"
+#include "core/greedy_kernel.h"
 
 namespace axeq {
 
@@ -42,7 +43,7 @@ std::string CertificateAssumptions(const Certificate& c) {
 }
 
 Certificate MakeCertificate(const Eigen::Ref<const MatrixXi8>& codes, int weight_bits,
-                            const InputSpec& inputs, const AccumulatorSpec& acc) {
+                            const InputSpec& inputs, const AccumulatorSpec& acc, const RunContext& ctx) {
   Certificate cert;
   const int64_t c = codes.rows(), k = codes.cols();
   cert.output_channels = c;
@@ -58,37 +59,43 @@ Certificate MakeCertificate(const Eigen::Ref<const MatrixXi8>& codes, int weight
   cert.outer_accumulator_bits = OuterAccumulatorBits(acc.bits, k, cert.tile_size);
   cert.weights_sha256 = CodesSha256(codes);
   const int64_t mu = cert.input_min, nu = cert.input_max, t = cert.tile_size;
+  cert.channels.resize(c);
+  std::vector<int> worst_bits(c, -1);
+  (void)internal::RunChunked(c, ctx, [&](int64_t row0, int64_t rows) -> absl::Status {
+    for (int64_t r = row0; r < row0 + rows; ++r) {
+      ChannelBound& ch = cert.channels[r];
+      int64_t worst_mag = -1;
+      for (int64_t j = 0, begin = 0; begin < k; ++j, begin += t) {
+        int64_t lo = 0, hi = 0;
+        for (int64_t i = begin; i < std::min(k, begin + t); ++i) {
+          const int64_t q = codes(r, i);
+          hi += std::max(q * mu, q * nu);
+          lo += std::min(q * mu, q * nu);
+        }
+        ch.row_lo += lo;
+        ch.row_hi += hi;
+        const int bits = MinAccumulatorBits(lo, hi, acc.twos_complement);
+        const int64_t mag = std::max(hi, -lo);
+        if (bits > worst_bits[r] || (bits == worst_bits[r] && mag > worst_mag)) {
+          worst_bits[r] = bits;
+          worst_mag = mag;
+          ch.lo = lo;
+          ch.hi = hi;
+          ch.worst_tile = j;
+        }
+      }
+    }
+    return absl::OkStatus();
+  });
   const int64_t pos = AccumulatorMax(acc.bits);
   const int64_t neg = AccumulatorMinMagnitude(acc.bits, acc.twos_complement);
   const int64_t pos_o = AccumulatorMax(cert.outer_accumulator_bits);
   const int64_t neg_o = AccumulatorMinMagnitude(cert.outer_accumulator_bits, acc.twos_complement);
-  cert.channels.resize(c);
   int min_bits = 1, min_outer = 1;
   bool rows_fit = true;
   for (int64_t r = 0; r < c; ++r) {
-    ChannelBound& ch = cert.channels[r];
-    int worst_bits = -1;
-    int64_t worst_mag = -1;
-    for (int64_t j = 0, begin = 0; begin < k; ++j, begin += t) {
-      int64_t lo = 0, hi = 0;
-      for (int64_t i = begin; i < std::min(k, begin + t); ++i) {
-        const int64_t q = codes(r, i);
-        hi += std::max(q * mu, q * nu);
-        lo += std::min(q * mu, q * nu);
-      }
-      ch.row_lo += lo;
-      ch.row_hi += hi;
-      const int bits = MinAccumulatorBits(lo, hi, acc.twos_complement);
-      const int64_t mag = std::max(hi, -lo);
-      if (bits > worst_bits || (bits == worst_bits && mag > worst_mag)) {
-        worst_bits = bits;
-        worst_mag = mag;
-        ch.lo = lo;
-        ch.hi = hi;
-        ch.worst_tile = j;
-      }
-    }
-    min_bits = std::max(min_bits, worst_bits);
+    const ChannelBound& ch = cert.channels[r];
+    min_bits = std::max(min_bits, worst_bits[r]);
     min_outer = std::max(min_outer, MinAccumulatorBits(ch.row_lo, ch.row_hi, acc.twos_complement));
     if (ch.hi > pos || -ch.lo > neg) ++cert.unsafe_channels;
     if (ch.row_hi > pos_o || -ch.row_lo > neg_o) rows_fit = false;

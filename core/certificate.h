@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/types/span.h"
+#include "core/context.h"
 #include "core/options.h"
 #include "core/quantizer.h"
 
@@ -53,8 +54,10 @@ std::string CertificateAssumptions(const Certificate& cert);
 std::string CodesSha256(const Eigen::Ref<const MatrixXi8>& codes);
 
 // Computes the certificate of codes [C, K] for the given input code range and accumulator.
+// Channels are processed in fixed chunks through ctx.parallel_for when given.
 Certificate MakeCertificate(const Eigen::Ref<const MatrixXi8>& codes, int weight_bits,
-                            const InputSpec& inputs, const AccumulatorSpec& acc);
+                            const InputSpec& inputs, const AccumulatorSpec& acc,
+                            const RunContext& ctx = {});
 
 struct Verification {
   bool consistent = false;  // every claim matches the recomputation from the codes

@@ -268,7 +268,7 @@ absl::StatusOr<LayerResult> QuantizeLayer(const Eigen::Ref<const MatrixXf>& weig
   out.damping_retries = g.damping_retries;
   out.dead_inputs = g.dead_inputs;
   if (o.method == Method::kEpInit) ApplyEpInit(&out.codes, o.inputs, o.accumulator);
-  out.certificate = MakeCertificate(out.codes, o.weights.bits, o.inputs, o.accumulator);
+  out.certificate = MakeCertificate(out.codes, o.weights.bits, o.inputs, o.accumulator, ctx);
   if (bias != nullptr) {
     Eigen::VectorXf b = *bias;
     if (o.bias_correction && stats.mean_x.size() == k && stats.mean_xq.size() == k) {
