@@ -278,8 +278,9 @@ absl::StatusOr<LayerResult> QuantizeLayer(const Eigen::Ref<const MatrixXf>& weig
     }
     out.bias = std::move(b);
   }
-  out.report = MakeQualityReport(weights, out.codes, out.scales, o.weights.group_size, stats,
-                                 out.certificate, ctx);
+  LayerStats no_stats;
+  out.report = MakeQualityReport(weights, out.codes, out.scales, o.weights.group_size,
+                                 o.quality_report ? stats : no_stats, out.certificate, ctx);
   return out;
 }
 

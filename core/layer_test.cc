@@ -166,6 +166,13 @@ TEST_F(LayerTest, ReportAndBiasCorrectionMatchSamples) {
   const Eigen::VectorXd quant_mean = deq * xq.colwise().mean().transpose() + r->bias->cast<double>();
   EXPECT_LT((float_mean - quant_mean).cwiseAbs().maxCoeff(), 1e-4);
   EXPECT_GE(r->report.sparsity, 0.0);
+  LayerOptions fast = o;
+  fast.quality_report = false;
+  auto f = QuantizeLayer(layer_.weights, &bias, stats_, fast);
+  ASSERT_TRUE(f.ok());
+  EXPECT_TRUE(std::isnan(f->report.relative_error));
+  EXPECT_EQ(f->codes, r->codes);
+  EXPECT_EQ(f->report.sparsity, r->report.sparsity);
   EXPECT_LE(r->report.min_accumulator_bits, 16);
   EXPECT_EQ(r->report.max_abs_code, r->codes.cast<int>().cwiseAbs().maxCoeff());
 }

@@ -68,6 +68,9 @@ struct LayerOptions {
   OptqErrorForm optq_error = OptqErrorForm::kOriginal;
   Precision precision = Precision::kFloat32;
   bool bias_correction = true;             // when a bias and the mean inputs are given
+  // The relative-error part of the quality report costs 2-4 GEMMs of the layer's size (more than
+  // the quantization itself for large layers); false skips it (sparsity, L1 and bits remain).
+  bool quality_report = true;
 
   // Returns the first invalid field as INVALID_ARGUMENT, naming it and its value.
   absl::Status Validate() const;

@@ -59,6 +59,7 @@ absl::StatusOr<LayerOptions> OptionsFromProto(const v1::QuantizationConfig& c) {
   if (c.damping() != 0) o.damping = c.damping();
   if (c.block_size()) o.block_size = c.block_size();
   o.bias_correction = !c.no_bias_correction();
+  o.quality_report = !c.no_quality_report();
   if (auto s = o.Validate(); !s.ok()) return absl::InvalidArgumentError(absl::StrCat("config: ", s.message()));
   return o;
 }
@@ -89,6 +90,7 @@ v1::QuantizationConfig OptionsToProto(const LayerOptions& o) {
                                                             : v1::OPTQ_ERROR_FORM_CONSTRAINED);
   c.set_precision(o.precision == Precision::kFloat32 ? v1::PRECISION_FLOAT32 : v1::PRECISION_FLOAT64);
   c.set_no_bias_correction(!o.bias_correction);
+  c.set_no_quality_report(!o.quality_report);
   return c;
 }
 

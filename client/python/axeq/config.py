@@ -31,6 +31,7 @@ class Config:
     optq_error: str = "original"     # original | constrained
     precision: str = "float32"
     bias_correction: bool = True
+    quality_report: bool = True      # False skips the relative errors (large layers)
 
     def to_proto(self, pb):
         c = pb.QuantizationConfig()
@@ -56,6 +57,7 @@ class Config:
         c.optq_error = 1 if self.optq_error == "original" else 2
         c.precision = 1 if self.precision == "float32" else 2
         c.no_bias_correction = not self.bias_correction
+        c.no_quality_report = not self.quality_report
         return c
 
 
