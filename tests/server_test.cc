@@ -480,6 +480,29 @@ TEST(ServerOps, MetricsHealthAndDrain) {
   EXPECT_TRUE(not_serving);
 }
 
+TEST(ServerDurability, RetentionKeepsTheNewestWithinTheSizeLimit) {
+  const std::string dir = TempDir("retention");
+  auto opts = Plain();
+  opts.jobs.results_dir = dir;
+  opts.jobs.retention_max_bytes = 1;  // every result is larger: only the newest file may survive
+  auto srv = Server::Start(opts);
+  ASSERT_TRUE(srv.ok());
+  std::mt19937_64 rng(12);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) {
+    Case c = MakeCase(rng, Algorithm::kOptq, 0, false);
+    auto r = ClientFor((*srv)->port())->Quantize(Remote(c));
+    ASSERT_TRUE(r.ok()) << r.status();
+    ids.push_back(r->job_id);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  int files = 0;
+  for (const auto& e : fs::directory_iterator(dir)) files += e.path().string().find(".axeqjob.") != std::string::npos;
+  EXPECT_LE(files, 1);
+  // Evicted results are gone by id; the server keeps serving.
+  EXPECT_EQ(ClientFor((*srv)->port())->Fetch(ids[0]).status().code(), absl::StatusCode::kNotFound);
+}
+
 TEST(ServerBinary, DrainsOnSigterm) {
   const char* bin = std::getenv("AXEQ_SERVER_BIN");
   ASSERT_NE(bin, nullptr) << "AXEQ_SERVER_BIN not set";
