@@ -74,29 +74,40 @@ void Account(int64_t got, int64_t want, int64_t events_before, int64_t events_af
   *ref2 += static_cast<double>(want) * static_cast<double>(want);
 }
 
-}  // namespace
-
-absl::StatusOr<SimulationStats> SimulateDatapath(const Eigen::Ref<const MatrixXi8>& codes,
-                                                 const Eigen::Ref<const MatrixXi32>& inputs,
-                                                 const DatapathSpec& spec) {
-  if (auto st = Check(codes, inputs.cols(), spec); !st.ok()) return st;
+// Runs channel r against every input row (own_rows = false), or only against rows 2r and 2r + 1
+// (own_rows = true: the per-channel worst cases of WorstCaseInputs).
+absl::StatusOr<SimulationStats> Run(const Eigen::Ref<const MatrixXi8>& codes, const MatrixXi32& x,
+                                    const DatapathSpec& spec, bool own_rows) {
+  if (auto st = Check(codes, x.cols(), spec); !st.ok()) return st;
   const int64_t c = codes.rows(), k = codes.cols();
   const int64_t t = spec.tile_size <= 0 || spec.tile_size > k ? k : spec.tile_size;
   const Register inner(spec.accumulator_bits, spec.twos_complement, spec.mode);
   const Register outer(t == k ? 0 : spec.outer_bits, spec.twos_complement, spec.mode);
   const MatrixXi8 q = codes;
-  const MatrixXi32 x = inputs;
   SimulationStats s;
   double err2 = 0, ref2 = 0;
-  for (int64_t d = 0; d < x.rows(); ++d)
-    for (int64_t r = 0; r < c; ++r) {
-      int64_t wide;
-      const int64_t before = s.overflow_events;
-      const int64_t got = Dot(q.row(r).data(), x.row(d).data(), k, t, inner, outer, &s.overflow_events, &wide);
-      Account(got, wide, before, s.overflow_events, &s, &err2, &ref2);
-    }
+  auto one = [&](int64_t r, int64_t d) {
+    int64_t wide;
+    const int64_t before = s.overflow_events;
+    const int64_t got = Dot(q.row(r).data(), x.row(d).data(), k, t, inner, outer, &s.overflow_events, &wide);
+    Account(got, wide, before, s.overflow_events, &s, &err2, &ref2);
+  };
+  if (own_rows) {
+    for (int64_t r = 0; r < c; ++r) one(r, 2 * r), one(r, 2 * r + 1);
+  } else {
+    for (int64_t d = 0; d < x.rows(); ++d)
+      for (int64_t r = 0; r < c; ++r) one(r, d);
+  }
   s.relative_error = ref2 > 0 ? std::sqrt(err2 / ref2) : (err2 > 0 ? INFINITY : 0.0);
   return s;
+}
+
+}  // namespace
+
+absl::StatusOr<SimulationStats> SimulateDatapath(const Eigen::Ref<const MatrixXi8>& codes,
+                                                 const Eigen::Ref<const MatrixXi32>& inputs,
+                                                 const DatapathSpec& spec) {
+  return Run(codes, inputs, spec, /*own_rows=*/false);
 }
 
 MatrixXi32 WorstCaseInputs(const Eigen::Ref<const MatrixXi8>& codes, const InputSpec& inputs) {
@@ -113,24 +124,7 @@ MatrixXi32 WorstCaseInputs(const Eigen::Ref<const MatrixXi8>& codes, const Input
 
 absl::StatusOr<SimulationStats> SimulateWorstCase(const Eigen::Ref<const MatrixXi8>& codes,
                                                   const InputSpec& inputs, const DatapathSpec& spec) {
-  if (auto st = Check(codes, codes.cols(), spec); !st.ok()) return st;
-  const int64_t c = codes.rows(), k = codes.cols();
-  const int64_t t = spec.tile_size <= 0 || spec.tile_size > k ? k : spec.tile_size;
-  const Register inner(spec.accumulator_bits, spec.twos_complement, spec.mode);
-  const Register outer(t == k ? 0 : spec.outer_bits, spec.twos_complement, spec.mode);
-  const MatrixXi8 q = codes;
-  const MatrixXi32 x = WorstCaseInputs(codes, inputs);
-  SimulationStats s;
-  double err2 = 0, ref2 = 0;
-  for (int64_t r = 0; r < c; ++r)
-    for (int j = 0; j < 2; ++j) {
-      int64_t wide;
-      const int64_t before = s.overflow_events;
-      const int64_t got = Dot(q.row(r).data(), x.row(2 * r + j).data(), k, t, inner, outer, &s.overflow_events, &wide);
-      Account(got, wide, before, s.overflow_events, &s, &err2, &ref2);
-    }
-  s.relative_error = ref2 > 0 ? std::sqrt(err2 / ref2) : 0.0;
-  return s;
+  return Run(codes, WorstCaseInputs(codes, inputs), spec, /*own_rows=*/true);
 }
 
 MatrixXi32 InputCodes(const Eigen::Ref<const MatrixXf>& x, const ActivationQuantizer& q) {
