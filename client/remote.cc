@@ -183,10 +183,11 @@ absl::StatusOr<RemoteResult> RemoteClient::QuantizeOnce(const RemoteLayer& l,
     }
   };
   const MatrixXf w = l.weights;  // row-major contiguous
+  // GRAM first: the server starts OPTQ's factorization while the rest arrives.
+  if (l.stats) send_tensor(v1::TENSOR_KIND_GRAM, l.stats->gram.data(), l.stats->gram.size());
   send_tensor(v1::TENSOR_KIND_WEIGHT, w.data(), w.size());
   if (l.bias) send_tensor(v1::TENSOR_KIND_BIAS, l.bias->data(), l.bias->size());
   if (l.stats) {
-    send_tensor(v1::TENSOR_KIND_GRAM, l.stats->gram.data(), l.stats->gram.size());
     if (l.stats->cross.size()) send_tensor(v1::TENSOR_KIND_CROSS, l.stats->cross.data(), l.stats->cross.size());
     if (l.stats->xx.size()) send_tensor(v1::TENSOR_KIND_XX, l.stats->xx.data(), l.stats->xx.size());
     if (h->has_means()) {

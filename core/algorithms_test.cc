@@ -126,6 +126,34 @@ TEST(Optq, BlockedEqualsColumnByColumnReference) {
         }
 }
 
+TEST(Optq, PreparedFactorGivesIdenticalCodes) {
+  std::mt19937_64 rng(TestSeed(313));
+  auto layer = MakeRandomLayer(rng, 150, 64, 256, InputSpec{});
+  LayerStats stats = StatsOf(layer);
+  ThreadPool pool(2);
+  RunContext ctx;
+  ctx.parallel_for = [&](int64_t n, const std::function<void(int64_t)>& f) { pool.ParallelFor(n, f); };
+  for (auto precision : {Precision::kFloat32, Precision::kFloat64}) {
+    LayerOptions o;
+    o.precision = precision;
+    o.accumulator.bits = 16;
+    auto plain = QuantizeLayer(layer.weights, nullptr, stats, o, ctx);
+    auto factor = PrepareOptq(stats.gram, o, ctx);
+    ASSERT_TRUE(plain.ok() && factor.ok());
+    LayerStats with = stats;
+    with.optq_factor = *factor;
+    auto prepared = QuantizeLayer(layer.weights, nullptr, with, o, ctx);
+    ASSERT_TRUE(prepared.ok());
+    EXPECT_EQ(prepared->codes, plain->codes);
+    EXPECT_EQ(prepared->damping, plain->damping);
+    o.act_order = false;  // a factor made for other options is ignored, not misused
+    auto other = QuantizeLayer(layer.weights, nullptr, with, o, ctx);
+    auto other_plain = QuantizeLayer(layer.weights, nullptr, stats, o, ctx);
+    ASSERT_TRUE(other.ok() && other_plain.ok());
+    EXPECT_EQ(other->codes, other_plain->codes);
+  }
+}
+
 TEST(Engine, BitIdenticalAcrossRunsAndThreadCounts) {
   std::mt19937_64 rng(TestSeed(404));
   InputSpec in;

@@ -259,7 +259,7 @@ absl::StatusOr<LayerResult> QuantizeLayer(const Eigen::Ref<const MatrixXf>& weig
   if (o.method != Method::kAxe) run.rounding = Rounding::kNearest;  // baselines round to nearest
   GreedyResult g;
   if (o.algorithm == Algorithm::kOptq) {
-    AXEQ_ASSIGN_OR_RETURN(g, RunOptq(weights, stats.gram, out.scales, constraints, run, ctx));
+    AXEQ_ASSIGN_OR_RETURN(g, RunOptq(weights, stats.gram, out.scales, constraints, run, ctx, stats.optq_factor.get()));
   } else {
     AXEQ_ASSIGN_OR_RETURN(g, RunGpfq(weights, stats.cross, stats.gram, out.scales, constraints, run, ctx));
   }

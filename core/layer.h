@@ -27,6 +27,8 @@ struct LayerStats {
   MatrixXf cross;  // X~^T X / D   [K, K]; required for GPFQ and for the relative error
   MatrixXf xx;     // X^T X / D    [K, K]; optional, gives the relative error
   Eigen::VectorXf mean_x, mean_xq;  // optional [K]; give bias correction
+  // Optional: OPTQ's factor of `gram`, computed ahead (PrepareOptq); used when it matches.
+  std::shared_ptr<const OptqFactor> optq_factor;
 };
 
 // Accumulates LayerStats from chunks of rows in double precision (symmetric rank-k updates, one

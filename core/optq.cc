@@ -105,30 +105,58 @@ absl::StatusOr<RowMatS<S>> UpperFactorOfInverse(const MatS<S>& h, double damping
 }
 
 template <typename S>
+RowMatS<S>& FactorOf(OptqFactor& f);
+template <>
+RowMatS<float>& FactorOf<float>(OptqFactor& f) { return f.u32; }
+template <>
+RowMatS<double>& FactorOf<double>(OptqFactor& f) { return f.u64; }
+
+template <typename S>
+absl::Status Prepare(const Eigen::Ref<const MatrixXf>& gram, const LayerOptions& opts, const RunContext& ctx,
+                     OptqFactor* f) {
+  const int64_t k = gram.rows();
+  f->precision = opts.precision;
+  f->act_order = opts.act_order;
+  f->damping_fraction = opts.damping;
+  f->max_damping_retries = opts.max_damping_retries;
+  f->order = ActOrder(gram, opts.act_order);
+  MatS<S> h = PermuteSymmetric<S>(gram, f->order) * S(2);
+  f->dead.assign(k, 0);
+  for (int64_t i = 0; i < k; ++i)
+    if (!(h(i, i) > S(0))) {
+      f->dead[i] = 1;
+      h.row(i).setZero();
+      h.col(i).setZero();
+      h(i, i) = S(1);
+      ++f->dead_inputs;
+    }
+  AXEQ_ASSIGN_OR_RETURN(FactorOf<S>(*f), UpperFactorOfInverse<S>(h, opts.damping, opts.max_damping_retries,
+                                                                 &f->damping, &f->damping_retries, ctx));
+  return absl::OkStatus();
+}
+
+template <typename S>
 absl::StatusOr<GreedyResult> OptqImpl(const Eigen::Ref<const MatrixXf>& weights,
                                       const Eigen::Ref<const MatrixXf>& gram,
                                       const Eigen::Ref<const MatrixXf>& scales,
                                       const Constraints& constraints, const LayerOptions& opts,
-                                      const RunContext& ctx) {
-  const int64_t c = weights.rows(), k = weights.cols();
+                                      const RunContext& ctx, const OptqFactor* prepared) {
+  const int64_t k = weights.cols();
+  OptqFactor own;
+  const OptqFactor* f = prepared;
+  if (f == nullptr || !f->Matches(opts, k)) {
+    AXEQ_RETURN_IF_ERROR(Prepare<S>(gram, opts, ctx, &own));
+    f = &own;
+  }
+  const auto& order = f->order;
+  const auto& dead = f->dead;
+  const RowMatS<S>& u = FactorOf<S>(const_cast<OptqFactor&>(*f));
   GreedyResult result;
-  result.order = ActOrder(gram, opts.act_order);
-  const auto& order = result.order;
-  MatS<S> h = PermuteSymmetric<S>(gram, order) * S(2);
-  std::vector<char> dead(k, 0);
-  for (int64_t i = 0; i < k; ++i)
-    if (!(h(i, i) > S(0))) {
-      dead[i] = 1;
-      h.row(i).setZero();
-      h.col(i).setZero();
-      h(i, i) = S(1);
-      ++result.dead_inputs;
-    }
-  RowMatS<S> u;
-  AXEQ_ASSIGN_OR_RETURN(u, UpperFactorOfInverse<S>(h, opts.damping, opts.max_damping_retries,
-                                                   &result.damping, &result.damping_retries, ctx));
-  h.resize(0, 0);
-  result.codes.resize(c, k);
+  result.order = order;
+  result.dead_inputs = f->dead_inputs;
+  result.damping = f->damping;
+  result.damping_retries = f->damping_retries;
+  result.codes.resize(weights.rows(), k);
   const bool original = opts.optq_error == OptqErrorForm::kOriginal;
   AXEQ_RETURN_IF_ERROR(SweepChannels<S>(
       order, u, opts, scales, constraints, ctx, &result.codes,
@@ -162,10 +190,22 @@ absl::StatusOr<GreedyResult> RunOptq(const Eigen::Ref<const MatrixXf>& weights,
                                      const Eigen::Ref<const MatrixXf>& gram,
                                      const Eigen::Ref<const MatrixXf>& scales,
                                      const Constraints& constraints, const LayerOptions& opts,
-                                     const RunContext& ctx) {
+                                     const RunContext& ctx, const OptqFactor* prepared) {
   if (opts.precision == Precision::kFloat64)
-    return internal::OptqImpl<double>(weights, gram, scales, constraints, opts, ctx);
-  return internal::OptqImpl<float>(weights, gram, scales, constraints, opts, ctx);
+    return internal::OptqImpl<double>(weights, gram, scales, constraints, opts, ctx, prepared);
+  return internal::OptqImpl<float>(weights, gram, scales, constraints, opts, ctx, prepared);
+}
+
+absl::StatusOr<std::shared_ptr<const OptqFactor>> PrepareOptq(const Eigen::Ref<const MatrixXf>& gram,
+                                                              const LayerOptions& opts,
+                                                              const RunContext& ctx) {
+  auto f = std::make_shared<OptqFactor>();
+  if (gram.rows() != gram.cols() || gram.rows() == 0)
+    return absl::InvalidArgumentError(absl::StrCat("gram must be square and non-empty, got [", gram.rows(), ", ", gram.cols(), "]"));
+  absl::Status s = opts.precision == Precision::kFloat64 ? internal::Prepare<double>(gram, opts, ctx, f.get())
+                                                         : internal::Prepare<float>(gram, opts, ctx, f.get());
+  if (!s.ok()) return s;
+  return std::shared_ptr<const OptqFactor>(std::move(f));
 }
 
 }  // namespace axeq

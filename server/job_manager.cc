@@ -256,6 +256,12 @@ v1::Progress JobManager::Snapshot(const Job& job, int* queue_position) {
   return p;
 }
 
+RunContext JobManager::ComputeContext() {
+  RunContext ctx;
+  ctx.parallel_for = [this](int64_t n, const std::function<void(int64_t)>& f) { compute_->ParallelFor(n, f); };
+  return ctx;
+}
+
 int JobManager::queued() const {
   std::lock_guard<std::mutex> l(mu_);
   return static_cast<int>(queue_.size());

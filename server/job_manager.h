@@ -110,6 +110,8 @@ class JobManager {
   void Drain(std::chrono::milliseconds grace);
   int queued() const;
   int running() const;
+  // The engine's thread pool, for work done ahead of a job (e.g. OPTQ's factor during the upload).
+  RunContext ComputeContext();
 
  private:
   explicit JobManager(const JobManagerOptions& options);

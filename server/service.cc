@@ -9,6 +9,7 @@
 #include <iostream>
 #include <condition_variable>
 #include <deque>
+#include <future>
 #include <mutex>
 #include <thread>
 
@@ -63,8 +64,9 @@ class Upload {
   }
 
   // Validates the header; INVALID_ARGUMENT naming the field.
-  absl::Status Start(const v1::LayerHeader& h, int64_t max_upload_bytes) {
+  absl::Status Start(const v1::LayerHeader& h, int64_t max_upload_bytes, RunContext compute) {
     header_ = h;
+    compute_ = std::move(compute);
     if (h.layer_name().empty() || h.layer_name().size() > 512)
       return absl::InvalidArgumentError(absl::StrCat("header.layer_name must have 1..512 characters, got ", h.layer_name().size()));
     c_ = h.output_channels();
@@ -138,6 +140,7 @@ class Upload {
         return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " has a NaN/Inf value at element ", at + i));
     Enqueue(kind, buf.data() + at, t.data().size());
     ++chunks_;
+    if (kind == v1::TENSOR_KIND_GRAM && static_cast<int64_t>(buf.size()) == size_[kind]) StartFactor();
     return absl::OkStatus();
   }
 
@@ -200,6 +203,10 @@ class Upload {
         Release(kind);
       };
       in->stats.samples = header_.samples();
+      if (factor_.valid()) {  // computed while the rest of the upload arrived; it reads GRAM's buffer
+        auto f = factor_.get();
+        if (f.ok()) in->stats.optq_factor = *f;  // on error the job recomputes and reports it
+      }
       mat(v1::TENSOR_KIND_GRAM, &in->stats.gram);
       mat(v1::TENSOR_KIND_CROSS, &in->stats.cross);
       mat(v1::TENSOR_KIND_XX, &in->stats.xx);
@@ -256,6 +263,15 @@ class Upload {
     hasher_.join();
   }
   void Release(int kind) { std::vector<float>().swap(data_[kind]); }
+  // OPTQ needs only the Gram matrix for its 2/3 K^3 factorization: start it as soon as GRAM is
+  // complete (clients send it first), overlapping the rest of the upload.
+  void StartFactor() {
+    if (rows_mode_ || options_.algorithm != Algorithm::kOptq || factor_.valid()) return;
+    factor_ = std::async(std::launch::async, [this] {
+      const Eigen::Map<const MatrixXf> g(data_[v1::TENSOR_KIND_GRAM].data(), k_, k_);
+      return PrepareOptq(g, options_, compute_);
+    });
+  }
 
   v1::LayerHeader header_;
   LayerOptions options_;
@@ -273,6 +289,9 @@ class Upload {
   std::deque<Piece> pieces_;
   bool hash_done_ = false;
   std::thread hasher_;
+  RunContext compute_;
+  // Last member: destroyed (joined) first, while the buffers it reads still exist.
+  std::future<absl::StatusOr<std::shared_ptr<const OptqFactor>>> factor_;
 };
 
 }  // namespace
@@ -335,7 +354,7 @@ class QuantizerService final : public v1::Quantizer::Service {
     }
     if (!req.has_header()) return absl::InvalidArgumentError("the first upload message must be a header");
     Upload up;
-    AXEQ_RETURN_IF_ERROR(up.Start(req.header(), max_upload_bytes_));
+    AXEQ_RETURN_IF_ERROR(up.Start(req.header(), max_upload_bytes_, jobs_->ComputeContext()));
     const bool detach = up.header().detach();
     std::shared_ptr<Job> job;
     {

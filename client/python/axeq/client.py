@@ -140,7 +140,7 @@ class Client:
                 raise ValueError("statistics uploads need samples=D >= 1")
             header.calibration = pb.CALIBRATION_KIND_STATISTICS
             header.samples = int(samples)
-            tensors.append((pb.TENSOR_KIND_GRAM, _f32(gram, "gram", (k, k))))
+            tensors.insert(0, (pb.TENSOR_KIND_GRAM, _f32(gram, "gram", (k, k))))  # first: the server factors it early
             if cross is not None:
                 tensors.append((pb.TENSOR_KIND_CROSS, _f32(cross, "cross", (k, k))))
             if xx is not None:
