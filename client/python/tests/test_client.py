@@ -134,5 +134,38 @@ class ClientTest(ServerFixture):
         self.assertEqual(e.exception.code.name, "NOT_FOUND")
 
 
+class TlsTest(unittest.TestCase):
+    """TLS and mutual TLS from Python, with certificates made at test time."""
+
+    def test_tls_and_mtls(self):
+        d = tempfile.mkdtemp()
+        run = lambda *a: subprocess.run(list(a), check=True, capture_output=True, cwd=d)
+        run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=ca", "-keyout", "ca.key", "-out", "ca.pem")
+        for name, san in (("server", "DNS:localhost,IP:127.0.0.1"), ("client", "DNS:client")):
+            open(os.path.join(d, name + ".ext"), "w").write(f"subjectAltName={san}\n")
+            run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.csr")
+            run("openssl", "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "1", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+        proc = subprocess.Popen([SERVER, "--address", "127.0.0.1:0", "--tls-cert", f"{d}/server.pem", "--tls-key",
+                                 f"{d}/server.key", "--tls-client-ca", f"{d}/ca.pem", "--drain-delay-seconds", "0"],
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            port = json.loads(proc.stderr.readline())["port"]
+            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+            rng = np.random.default_rng(9)
+            w, x = random_layer(rng, c=8, k=16, d=64)
+            with Client(f"localhost:{port}", ca_file=f"{d}/ca.pem", cert_file=f"{d}/client.pem",
+                        key_file=f"{d}/client.key", retries=1) as ok:
+                r = ok.quantize("tls", w, inputs=x, config=Config(accumulator_bits=14))
+                self.assertTrue(r.verify()[0])
+            with Client(f"localhost:{port}", ca_file=f"{d}/ca.pem", retries=1, deadline=10) as no_cert:
+                with self.assertRaises(ServerError) as e:
+                    no_cert.quantize("tls", w, inputs=x)
+                self.assertEqual(e.exception.code.name, "UNAVAILABLE")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
 if __name__ == "__main__":
     unittest.main()
