@@ -121,12 +121,22 @@ absl::Status BlockedSweep(MatS<S>& acc, const Coupling& coupling, int64_t block,
   for (int64_t b0 = 0; b0 < k; b0 += block) {
     if (ctx.should_stop && ctx.should_stop()) return absl::CancelledError("quantization cancelled");
     const int64_t b1 = std::min(k, b0 + block), w = b1 - b0;
-    for (int64_t i = b0; i < b1; ++i) {
-      auto d = delta.col(i - b0);
-      step(i, d);
-      if (i + 1 < b1) {
-        acc.middleCols(i + 1, b1 - i - 1).noalias() -=
-            d * coupling.row(i).segment(i + 1, b1 - i - 1);
+    // Two levels inside the block: rank-1 updates only within sub-blocks of kSub columns, and one
+    // small GEMM per sub-block for the rest of the block (the rank-1 part is latency-bound).
+    constexpr int64_t kSub = 16;
+    for (int64_t s0 = b0; s0 < b1; s0 += kSub) {
+      const int64_t s1 = std::min(b1, s0 + kSub);
+      for (int64_t i = s0; i < s1; ++i) {
+        auto d = delta.col(i - b0);
+        step(i, d);
+        if (i + 1 < s1) {
+          acc.middleCols(i + 1, s1 - i - 1).noalias() -=
+              d * coupling.row(i).segment(i + 1, s1 - i - 1);
+        }
+      }
+      if (s1 < b1) {
+        acc.middleCols(s1, b1 - s1).noalias() -=
+            delta.middleCols(s0 - b0, s1 - s0) * coupling.block(s0, s1, s1 - s0, b1 - s1);
       }
     }
     if (b1 < k) {
