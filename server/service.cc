@@ -99,7 +99,8 @@ class Upload {
     for (int64_t s : size_) upload += s * 4;
     if (upload > max_upload_bytes)
       return absl::ResourceExhaustedError(absl::StrCat("layer upload of ", upload >> 20, " MiB exceeds the server's limit of ", max_upload_bytes >> 20, " MiB"));
-    for (int i = 0; i < kKinds; ++i) data_[i].reserve(size_[i]);  // lazily grown up to size_
+    // Buffers are allocated at their full shape on a tensor's first chunk and filled in place; the
+    // job takes them over without a copy, and their bytes never move (the hasher reads them).
     if (rows_mode_) acc_ = std::make_unique<StatsAccumulator>(k_, /*keep_cross=*/true, /*keep_xx=*/h.has_xx());
     header_bytes_ = h.SerializeAsString();
     Enqueue(-1, header_bytes_.data(), header_bytes_.size());
@@ -127,20 +128,25 @@ class Upload {
                                                      rows_mode_ ? "ROWS calibration" : "STATISTICS calibration", ")"));
     AXEQ_RETURN_IF_ERROR(CheckPayload(t.data().size(), name));
     const int64_t n = static_cast<int64_t>(t.data().size() / 4);
-    auto& buf = data_[kind];
-    if (t.offset() != static_cast<int64_t>(buf.size()))
-      return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " chunk at offset ", t.offset(), " is out of order or duplicated: expected offset ", buf.size()));
+    const int64_t at = filled_[kind];
+    if (t.offset() != at)
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " chunk at offset ", t.offset(), " is out of order or duplicated: expected offset ", at));
     if (t.offset() + n > size_[kind])
       return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " chunk ends at element ", t.offset() + n, ", beyond its ", size_[kind], " elements"));
-    const size_t at = buf.size();
-    buf.resize(at + n);
-    std::memcpy(buf.data() + at, t.data().data(), t.data().size());
+    MatrixXf& buf = data_[kind];
+    if (buf.size() == 0) {
+      const bool square = kind == v1::TENSOR_KIND_GRAM || kind == v1::TENSOR_KIND_CROSS || kind == v1::TENSOR_KIND_XX;
+      buf.resize(square ? k_ : (kind == v1::TENSOR_KIND_WEIGHT ? c_ : 1), size_[kind] / (square ? k_ : (kind == v1::TENSOR_KIND_WEIGHT ? c_ : 1)));
+    }
+    float* dst = buf.data() + at;
+    std::memcpy(dst, t.data().data(), t.data().size());
     for (int64_t i = 0; i < n; ++i)
-      if (!std::isfinite(buf[at + i]))
+      if (!std::isfinite(dst[i]))
         return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " has a NaN/Inf value at element ", at + i));
-    Enqueue(kind, buf.data() + at, t.data().size());
+    filled_[kind] = at + n;
+    Enqueue(kind, dst, t.data().size());
     ++chunks_;
-    if (kind == v1::TENSOR_KIND_GRAM && static_cast<int64_t>(buf.size()) == size_[kind]) StartFactor();
+    if (kind == v1::TENSOR_KIND_GRAM && filled_[kind] == size_[kind]) StartFactor();
     return absl::OkStatus();
   }
 
@@ -176,11 +182,11 @@ class Upload {
 
   // Checks the commit and builds the job's input; INVALID_ARGUMENT / FAILED_PRECONDITION.
   absl::StatusOr<std::unique_ptr<JobInput>> Finish(const v1::Commit& commit) {
-    StopHasher();  // the buffers below are released: all hashing of them must be done
+    StopHasher();  // the buffers below move to the job: all hashing of them must be done
     if (commit.chunks() != chunks_)
       return absl::InvalidArgumentError(absl::StrCat("commit announces ", commit.chunks(), " chunks but ", chunks_, " arrived"));
     for (int kind = 1; kind < kKinds; ++kind) {
-      const int64_t got = static_cast<int64_t>(data_[kind].size());
+      const int64_t got = filled_[kind];
       const bool optional = kind == v1::TENSOR_KIND_CROSS && options_.algorithm == Algorithm::kOptq;
       if (got != size_[kind] && !(optional && got == 0))
         return absl::FailedPreconditionError(absl::StrCat("upload incomplete at commit: tensor ", v1::TensorKind_Name(static_cast<TensorKind>(kind)),
@@ -190,17 +196,15 @@ class Upload {
     in->layer_name = header_.layer_name();
     in->options = options_;
     in->activations = act_;
-    in->weights = Eigen::Map<const MatrixXf>(data_[v1::TENSOR_KIND_WEIGHT].data(), c_, k_);
-    Release(v1::TENSOR_KIND_WEIGHT);
-    if (header_.has_bias()) in->bias = Eigen::Map<const Eigen::VectorXf>(data_[v1::TENSOR_KIND_BIAS].data(), c_);
+    in->weights = std::move(data_[v1::TENSOR_KIND_WEIGHT]);  // no copy
+    if (header_.has_bias()) in->bias = Eigen::VectorXf(data_[v1::TENSOR_KIND_BIAS].row(0).transpose());
     if (rows_mode_) {
       if (rows_ == 0) return absl::FailedPreconditionError("upload incomplete at commit: no calibration rows arrived");
       AXEQ_ASSIGN_OR_RETURN(in->stats, acc_->Finish());
       acc_.reset();
     } else {
       auto mat = [&](int kind, MatrixXf* out) {
-        if (!data_[kind].empty()) out->operator=(Eigen::Map<const MatrixXf>(data_[kind].data(), k_, k_));
-        Release(kind);
+        if (filled_[kind] > 0) *out = std::move(data_[kind]);  // no copy
       };
       in->stats.samples = header_.samples();
       if (factor_.valid()) {  // computed while the rest of the upload arrived; it reads GRAM's buffer
@@ -211,8 +215,8 @@ class Upload {
       mat(v1::TENSOR_KIND_CROSS, &in->stats.cross);
       mat(v1::TENSOR_KIND_XX, &in->stats.xx);
       if (header_.has_means()) {
-        in->stats.mean_x = Eigen::Map<const Eigen::VectorXf>(data_[v1::TENSOR_KIND_MEAN_X].data(), k_);
-        in->stats.mean_xq = Eigen::Map<const Eigen::VectorXf>(data_[v1::TENSOR_KIND_MEAN_XQ].data(), k_);
+        in->stats.mean_x = data_[v1::TENSOR_KIND_MEAN_X].row(0).transpose();
+        in->stats.mean_xq = data_[v1::TENSOR_KIND_MEAN_XQ].row(0).transpose();
       }
     }
     AXEQ_RETURN_IF_ERROR(ValidateLayer(in->weights, in->bias ? &*in->bias : nullptr, in->stats, in->options));
@@ -262,7 +266,6 @@ class Upload {
     hash_cv_.notify_one();
     hasher_.join();
   }
-  void Release(int kind) { std::vector<float>().swap(data_[kind]); }
   // OPTQ needs only the Gram matrix for its 2/3 K^3 factorization: start it as soon as GRAM is
   // complete (clients send it first), overlapping the rest of the upload.
   void StartFactor() {
@@ -279,7 +282,8 @@ class Upload {
   int64_t c_ = 0, k_ = 0, rows_ = 0, chunks_ = 0;
   bool rows_mode_ = false;
   std::array<int64_t, kKinds> size_{};
-  std::array<std::vector<float>, kKinds> data_;
+  std::array<MatrixXf, kKinds> data_;
+  std::array<int64_t, kKinds> filled_{};
   std::unique_ptr<StatsAccumulator> acc_;
   EVP_MD_CTX* digest_;
   EVP_MD_CTX* rows_digest_;
