@@ -79,7 +79,14 @@ void BM_Remote(benchmark::State& state) {
       if (queued == std::chrono::steady_clock::time_point{} && (s == "JOB_STATE_QUEUED" || s == "JOB_STATE_RUNNING"))
         queued = std::chrono::steady_clock::now();
     });
-    if (!r.ok()) state.SkipWithError(std::string(r.status().message()).c_str());
+    const auto t1 = std::chrono::steady_clock::now();
+    if (!r.ok()) {
+      state.SkipWithError(std::string(r.status().message()).c_str());
+      break;
+    }
+    state.counters["upload_s"] = std::chrono::duration<double>(queued - t0).count();
+    state.counters["server_compute_s"] = r->seconds;
+    state.counters["after_compute_s"] = std::chrono::duration<double>(t1 - queued).count() - r->seconds;
     const double bytes = 4.0 * (f.w.size() + f.stats.gram.size() + f.stats.cross.size());
     ingest_mb_s = bytes / 1e6 / std::chrono::duration<double>(queued - t0).count();
   }

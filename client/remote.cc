@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/convert.h"
+#include "proto/wire.h"
 
 namespace axeq {
 namespace {
@@ -58,6 +59,8 @@ absl::StatusOr<std::unique_ptr<RemoteClient>> RemoteClient::Connect(const Remote
   }
   c->channel_ = grpc::CreateCustomChannel(o.address, creds, args);
   c->stub_ = v1::Quantizer::NewStub(c->channel_);
+  c->quantize_method_ = std::make_unique<grpc::internal::RpcMethod>("/axeq.v1.Quantizer/Quantize", grpc::internal::RpcMethod::BIDI_STREAMING,
+                                                                     c->channel_);
   return c;
 }
 
@@ -145,9 +148,11 @@ absl::StatusOr<RemoteResult> RemoteClient::Collect(Reader* reader,
 absl::StatusOr<RemoteResult> RemoteClient::QuantizeOnce(const RemoteLayer& l,
                                                         const std::function<void(double, const std::string&)>& progress,
                                                         int* retry_after_ms) {
+  SliceLease lease;  // declared before the call: the call lets go of lent memory before this waits
   grpc::ClientContext ctx;
   Prepare(&ctx);
-  auto stream = stub_->Quantize(&ctx);
+  std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, v1::JobEvent>> stream(
+      grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, v1::JobEvent>::Create(channel_.get(), *quantize_method_, &ctx));
   const int64_t c = l.weights.rows(), k = l.weights.cols();
   v1::UploadRequest req;
   auto* h = req.mutable_header();
@@ -168,24 +173,25 @@ absl::StatusOr<RemoteResult> RemoteClient::QuantizeOnce(const RemoteLayer& l,
     h->set_calibration(v1::CALIBRATION_KIND_ROWS);
     h->set_has_xx(l.want_relative_error);
   }
-  bool alive = stream->Write(req);
+  bool alive = stream->Write(EncodeMessage(req));
   int64_t chunks = 0;
   auto send_tensor = [&](v1::TensorKind kind, const float* data, int64_t n) {
     for (auto [b, e] : ChunkRanges(n * 4, kChunkBytes, 4)) {
       if (!alive) return;
-      v1::UploadRequest r;
-      auto* t = r.mutable_tensor();
-      t->set_tensor(kind);
-      t->set_offset(b / 4);
-      t->set_data(reinterpret_cast<const char*>(data) + b, e - b);
-      alive = stream->Write(r);
+      alive = stream->Write(EncodeTensorChunk(kind, b / 4, reinterpret_cast<const char*>(data) + b, e - b, &lease));
       ++chunks;
     }
   };
-  const MatrixXf w = l.weights;  // row-major contiguous
+  // The weights go out from the caller's memory when they are contiguous rows.
+  MatrixXf copy;
+  const float* w = l.weights.data();
+  if (l.weights.outerStride() != k) {
+    copy = l.weights;
+    w = copy.data();
+  }
   // GRAM first: the server starts OPTQ's factorization while the rest arrives.
   if (l.stats) send_tensor(v1::TENSOR_KIND_GRAM, l.stats->gram.data(), l.stats->gram.size());
-  send_tensor(v1::TENSOR_KIND_WEIGHT, w.data(), w.size());
+  send_tensor(v1::TENSOR_KIND_WEIGHT, w, c * k);
   if (l.bias) send_tensor(v1::TENSOR_KIND_BIAS, l.bias->data(), l.bias->size());
   if (l.stats) {
     if (l.stats->cross.size()) send_tensor(v1::TENSOR_KIND_CROSS, l.stats->cross.data(), l.stats->cross.size());
@@ -204,14 +210,14 @@ absl::StatusOr<RemoteResult> RemoteClient::QuantizeOnce(const RemoteLayer& l,
       rows->set_row_offset(r0);
       rows->set_inputs(reinterpret_cast<const char*>(l.x->data() + r0 * k), n * row_bytes);
       if (l.xq) rows->set_quant_inputs(reinterpret_cast<const char*>(l.xq->data() + r0 * k), n * row_bytes);
-      alive = stream->Write(r);
+      alive = stream->Write(EncodeMessage(r));
       ++chunks;
     }
   }
   if (alive) {
     v1::UploadRequest commit;
     commit.mutable_commit()->set_chunks(chunks);
-    stream->Write(commit);
+    stream->Write(EncodeMessage(commit));
   }
   stream->WritesDone();
   std::string job_id;

@@ -76,6 +76,8 @@ class RemoteClient {
   RemoteOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Quantizer::Stub> stub_;
+  // Quantize is called with raw buffers so tensor chunks go out without copies (proto/wire.h).
+  std::unique_ptr<grpc::internal::RpcMethod> quantize_method_;
 };
 
 }  // namespace axeq

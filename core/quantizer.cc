@@ -1,6 +1,8 @@
 // Weight and activation quantizers (Eq. 1, 26).
 #include "core/quantizer.h"
 
+#include <cstring>
+
 #include <algorithm>
 #include <vector>
 
@@ -66,13 +68,33 @@ MatrixXf ActivationQuantizer::Apply(const Eigen::Ref<const MatrixXf>& x) const {
   return out;
 }
 
+int64_t FirstNonFinite(const float* x, int64_t n) {
+  constexpr int64_t kBlock = 1024;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t e = std::min(n, b + kBlock);
+    uint32_t bad = 0;
+    for (int64_t i = b; i < e; ++i) {
+      uint32_t u;
+      std::memcpy(&u, x + i, 4);
+      bad |= static_cast<uint32_t>((u & 0x7f800000u) == 0x7f800000u);
+    }
+    if (bad)
+      for (int64_t i = b; i < e; ++i)
+        if (!std::isfinite(x[i])) return i;
+  }
+  return -1;
+}
+
 absl::Status CheckFinite(const Eigen::Ref<const MatrixXf>& m, const char* name) {
   int64_t bad = 0, first_r = -1, first_c = -1;
-  for (int64_t r = 0; r < m.rows(); ++r)
-    for (int64_t c = 0; c < m.cols(); ++c)
-      if (!std::isfinite(m(r, c))) {
-        if (bad++ == 0) first_r = r, first_c = c;
-      }
+  for (int64_t r = 0; r < m.rows(); ++r) {
+    const float* row = m.row(r).data();
+    for (int64_t c = FirstNonFinite(row, m.cols()); c >= 0;) {  // counted only when something is wrong
+      if (bad++ == 0) first_r = r, first_c = c;
+      const int64_t next = FirstNonFinite(row + c + 1, m.cols() - c - 1);
+      c = next < 0 ? -1 : c + 1 + next;
+    }
+  }
   if (bad == 0) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(name, " has ", bad,
                                                  " NaN/Inf values (first at row ", first_r,

@@ -71,6 +71,8 @@ absl::StatusOr<ActivationQuantizer> CalibrateActivations(const Eigen::Ref<const 
 
 // Returns INVALID_ARGUMENT naming the count and first position of NaN/Inf values in `m`.
 absl::Status CheckFinite(const Eigen::Ref<const MatrixXf>& m, const char* name);
+// Index of the first NaN/Inf among n floats, or -1: a branch-free (vectorised) scan per block.
+int64_t FirstNonFinite(const float* x, int64_t n);
 
 }  // namespace axeq
 

@@ -1,6 +1,8 @@
 // Tests of the weight and activation quantizers.
 #include "core/quantizer.h"
 
+#include <cmath>
+#include <limits>
 #include <random>
 
 #include "gtest/gtest.h"
@@ -78,6 +80,29 @@ TEST(ActivationQuantizer, RejectsBadInput) {
   x(0, 1) = 2;
   EXPECT_EQ(CalibrateActivations(x, InputSpec{}, {50, 40}).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+TEST(Finite, FirstNonFiniteAndCheckFinite) {
+  std::vector<float> x(5000, 1.0f);
+  EXPECT_EQ(FirstNonFinite(x.data(), 5000), -1);
+  EXPECT_EQ(FirstNonFinite(x.data(), 0), -1);
+  x[4321] = std::numeric_limits<float>::infinity();
+  x[4999] = std::nanf("");
+  EXPECT_EQ(FirstNonFinite(x.data(), 5000), 4321);
+  x[17] = -std::numeric_limits<float>::infinity();
+  EXPECT_EQ(FirstNonFinite(x.data(), 5000), 17);
+  x[3] = std::numeric_limits<float>::max();  // finite
+  x[2] = std::numeric_limits<float>::denorm_min();
+  EXPECT_EQ(FirstNonFinite(x.data(), 17), -1);
+  MatrixXf m = MatrixXf::Ones(3, 2000);
+  EXPECT_TRUE(CheckFinite(m, "w").ok());
+  m(1, 1500) = std::nanf("");
+  m(2, 3) = std::numeric_limits<float>::infinity();
+  m(2, 1999) = -std::numeric_limits<float>::infinity();
+  auto s = CheckFinite(m, "w");
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(), "w has 3 NaN/Inf values (first at row 1, col 1500)");
+  EXPECT_EQ(CheckFinite(m.block(0, 1000, 3, 600), "b").message(), "b has 1 NaN/Inf values (first at row 1, col 500)");
 }
 
 }  // namespace

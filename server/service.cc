@@ -19,6 +19,7 @@
 #include "grpcpp/grpcpp.h"
 #include "nlohmann/json.hpp"
 #include "proto/convert.h"
+#include "proto/wire.h"
 #include "server/auth.h"
 #include "server/job_manager.h"
 #include "server/metrics.h"
@@ -118,33 +119,33 @@ class Upload {
     return b;
   }
 
-  absl::Status AddTensor(const v1::TensorChunk& t) {
-    const int kind = t.tensor();
+  // A tensor chunk, its payload still in the received slices: one copy into the layer buffer.
+  absl::Status AddTensor(const DecodedUpload& t) {
+    const int kind = t.kind;
     if (kind <= 0 || kind >= kKinds)
       return absl::InvalidArgumentError(absl::StrCat("tensor chunk has unknown kind ", kind));
     const char* name = v1::TensorKind_Name(static_cast<TensorKind>(kind)).c_str();
     if (size_[kind] == 0)
       return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " is not expected with this header (",
                                                      rows_mode_ ? "ROWS calibration" : "STATISTICS calibration", ")"));
-    AXEQ_RETURN_IF_ERROR(CheckPayload(t.data().size(), name));
-    const int64_t n = static_cast<int64_t>(t.data().size() / 4);
+    AXEQ_RETURN_IF_ERROR(CheckPayload(t.payload_bytes, name));
+    const int64_t n = static_cast<int64_t>(t.payload_bytes / 4);
     const int64_t at = filled_[kind];
-    if (t.offset() != at)
-      return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " chunk at offset ", t.offset(), " is out of order or duplicated: expected offset ", at));
-    if (t.offset() + n > size_[kind])
-      return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " chunk ends at element ", t.offset() + n, ", beyond its ", size_[kind], " elements"));
+    if (t.offset != at)
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " chunk at offset ", t.offset, " is out of order or duplicated: expected offset ", at));
+    if (t.offset + n > size_[kind])
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " chunk ends at element ", t.offset + n, ", beyond its ", size_[kind], " elements"));
     MatrixXf& buf = data_[kind];
     if (buf.size() == 0) {
       const bool square = kind == v1::TENSOR_KIND_GRAM || kind == v1::TENSOR_KIND_CROSS || kind == v1::TENSOR_KIND_XX;
       buf.resize(square ? k_ : (kind == v1::TENSOR_KIND_WEIGHT ? c_ : 1), size_[kind] / (square ? k_ : (kind == v1::TENSOR_KIND_WEIGHT ? c_ : 1)));
     }
     float* dst = buf.data() + at;
-    std::memcpy(dst, t.data().data(), t.data().size());
-    for (int64_t i = 0; i < n; ++i)
-      if (!std::isfinite(dst[i]))
-        return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " has a NaN/Inf value at element ", at + i));
+    CopyPayload(t, dst);
+    if (const int64_t bad = FirstNonFinite(dst, n); bad >= 0)
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " has a NaN/Inf value at element ", at + bad));
     filled_[kind] = at + n;
-    Enqueue(kind, dst, t.data().size());
+    Enqueue(kind, dst, t.payload_bytes);
     ++chunks_;
     if (kind == v1::TENSOR_KIND_GRAM && filled_[kind] == size_[kind]) StartFactor();
     return absl::OkStatus();
@@ -300,14 +301,19 @@ class Upload {
 
 }  // namespace
 
+using UploadStream = grpc::ServerReaderWriter<v1::JobEvent, grpc::ByteBuffer>;
+
 class QuantizerService final : public v1::Quantizer::Service {
  public:
   QuantizerService(JobManager* jobs, Metrics* metrics, Authenticator auth, int64_t max_upload_bytes)
-      : jobs_(jobs), metrics_(metrics), auth_(std::move(auth)), max_upload_bytes_(max_upload_bytes) {}
-
-  grpc::Status Quantize(grpc::ServerContext* ctx,
-                        grpc::ServerReaderWriter<v1::JobEvent, v1::UploadRequest>* stream) override {
-    return Done("Quantize", DoQuantize(ctx, stream));
+      : jobs_(jobs), metrics_(metrics), auth_(std::move(auth)), max_upload_bytes_(max_upload_bytes) {
+    // Quantize (method 0) reads raw buffers: tensor payloads are copied once, from the received
+    // slices into the layer's buffers, instead of into a parsed message first (see proto/wire.h).
+    MarkMethodStreamed(0, new grpc::internal::BidiStreamingHandler<QuantizerService, grpc::ByteBuffer, v1::JobEvent>(
+                              [](QuantizerService* s, grpc::ServerContext* ctx, UploadStream* stream) {
+                                return s->Done("Quantize", s->DoQuantize(ctx, stream));
+                              },
+                              this));
   }
 
   grpc::Status Watch(grpc::ServerContext* ctx, const v1::WatchRequest* req,
@@ -348,17 +354,18 @@ class QuantizerService final : public v1::Quantizer::Service {
     return ToGrpc(s);
   }
 
-  absl::Status DoQuantize(grpc::ServerContext* ctx,
-                          grpc::ServerReaderWriter<v1::JobEvent, v1::UploadRequest>* stream) {
+  absl::Status DoQuantize(grpc::ServerContext* ctx, UploadStream* stream) {
     AXEQ_ASSIGN_OR_RETURN(const std::string principal, auth_.Authenticate(*ctx));
-    v1::UploadRequest req;
-    if (!stream->Read(&req)) {
+    grpc::ByteBuffer raw;
+    DecodedUpload msg;
+    if (!stream->Read(&raw)) {
       return ctx->IsCancelled() ? absl::CancelledError("client went away before sending a header")
                                 : absl::InvalidArgumentError("empty upload: the first message must be a header");
     }
-    if (!req.has_header()) return absl::InvalidArgumentError("the first upload message must be a header");
+    AXEQ_RETURN_IF_ERROR(DecodeUpload(raw, &msg));
+    if (!msg.message.has_header()) return absl::InvalidArgumentError("the first upload message must be a header");
     Upload up;
-    AXEQ_RETURN_IF_ERROR(up.Start(req.header(), max_upload_bytes_, jobs_->ComputeContext()));
+    AXEQ_RETURN_IF_ERROR(up.Start(msg.message.header(), max_upload_bytes_, jobs_->ComputeContext()));
     const bool detach = up.header().detach();
     std::shared_ptr<Job> job;
     {
@@ -382,20 +389,21 @@ class QuantizerService final : public v1::Quantizer::Service {
     std::unique_ptr<JobInput> input;
     int64_t since_report = 0;
     while (!input) {
-      if (!stream->Read(&req)) {
+      if (!stream->Read(&raw)) {
         return fail(ctx->IsCancelled() ? absl::CancelledError("upload cancelled by the client or its deadline")
                                        : absl::InvalidArgumentError("upload stream ended before its commit (truncated)"));
       }
-      const int64_t bytes = static_cast<int64_t>(req.ByteSizeLong());
+      absl::Status s = DecodeUpload(raw, &msg);
+      if (!s.ok()) return fail(s);
+      const int64_t bytes = static_cast<int64_t>(msg.wire_bytes);
       if (metrics_) metrics_->Received(bytes);
       since_report += bytes;
-      absl::Status s;
-      switch (req.kind_case()) {
+      switch (msg.is_tensor ? v1::UploadRequest::kTensor : msg.message.kind_case()) {
         case v1::UploadRequest::kHeader: s = absl::InvalidArgumentError("a second header arrived in the same upload"); break;
-        case v1::UploadRequest::kTensor: s = up.AddTensor(req.tensor()); break;
-        case v1::UploadRequest::kRows: s = up.AddRows(req.rows()); break;
+        case v1::UploadRequest::kTensor: s = up.AddTensor(msg); break;
+        case v1::UploadRequest::kRows: s = up.AddRows(msg.message.rows()); break;
         case v1::UploadRequest::kCommit: {
-          auto in = up.Finish(req.commit());
+          auto in = up.Finish(msg.message.commit());
           if (in.ok()) input = std::move(in).value();
           else s = in.status();
           break;
