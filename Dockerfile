@@ -4,7 +4,7 @@
 ARG BASE=debian:bookworm
 FROM ${BASE} AS build
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      cmake g++ make libeigen3-dev libabsl-dev libssl-dev libgtest-dev libgmock-dev nlohmann-json3-dev \
+      cmake g++ make libeigen3-dev libabsl-dev libssl-dev libxxhash-dev libgtest-dev libgmock-dev nlohmann-json3-dev \
       libcli11-dev libfmt-dev libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc \
       grpc-proto prometheus-cpp-dev ca-certificates \
     && rm -rf /var/lib/apt/lists/*

@@ -5,10 +5,23 @@
 #include <atomic>
 #include <memory>
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 namespace axeq {
 
-ThreadPool::ThreadPool(int threads) {
-  for (int i = 0; i < std::max(threads, 1); ++i) workers_.emplace_back([this] { Loop(); });
+bool SetThreadNice(int nice) {
+  if (nice == 0) return true;
+  return setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), nice) == 0;
+}
+
+ThreadPool::ThreadPool(int threads, int nice) {
+  for (int i = 0; i < std::max(threads, 1); ++i)
+    workers_.emplace_back([this, nice] {
+      SetThreadNice(nice);
+      Loop();
+    });
 }
 
 ThreadPool::~ThreadPool() {

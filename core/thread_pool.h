@@ -13,10 +13,15 @@
 
 namespace axeq {
 
+// Gives the calling thread a nice value (Linux: per thread; higher = lower priority; only lowering
+// needs no privilege). Servers run compute below their network threads so that uploads and
+// progress are not starved by the engine. Returns false if the OS refused.
+bool SetThreadNice(int nice);
+
 class ThreadPool {
  public:
-  // Starts `threads` workers (at least 1).
-  explicit ThreadPool(int threads);
+  // Starts `threads` workers (at least 1), each at the given nice value (see SetThreadNice).
+  explicit ThreadPool(int threads, int nice = 0);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;

@@ -31,8 +31,14 @@ JobManager::JobManager(const JobManagerOptions& options) : options_(options) {
   const int hw = std::max(1u, std::thread::hardware_concurrency());
   if (options_.workers <= 0) options_.workers = hw;
   if (options_.compute_threads <= 0) options_.compute_threads = hw;
-  compute_ = std::make_unique<ThreadPool>(options_.compute_threads);
-  for (int i = 0; i < options_.workers; ++i) workers_.emplace_back([this] { Worker(); });
+  // Engine threads run below the gRPC threads: an upload in progress (or a progress event) is
+  // never starved by a running job, and the job uses whatever CPU the network leaves.
+  compute_ = std::make_unique<ThreadPool>(options_.compute_threads, options_.compute_nice);
+  for (int i = 0; i < options_.workers; ++i)
+    workers_.emplace_back([this] {
+      SetThreadNice(options_.compute_nice);
+      Worker();
+    });
 }
 
 absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(const JobManagerOptions& options) {
@@ -308,6 +314,10 @@ void JobManager::Run(const std::shared_ptr<Job>& job) {
     job->fraction = static_cast<double>(done) / static_cast<double>(total);
     Notify(*job);
   };
+  if (in.optq_factor.valid()) {  // on error the engine factors again and reports why
+    auto f = in.optq_factor.get();
+    if (f.ok()) in.stats.optq_factor = *f;
+  }
   auto r = QuantizeLayer(in.weights, in.bias ? &*in.bias : nullptr, in.stats, in.options, ctx);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   bool safe = false;

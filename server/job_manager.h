@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -29,6 +30,7 @@ namespace axeq::server {
 struct JobManagerOptions {
   int workers = 0;                       // concurrent jobs; 0 = hardware threads
   int compute_threads = 0;               // threads the engine uses inside a job; 0 = hardware
+  int compute_nice = 10;                 // nice value of engine threads (above the network threads')
   int max_queue = 64;                    // jobs waiting for a worker
   int64_t memory_budget_bytes = 16ll << 30;  // reserved by receiving + queued + running jobs
   std::string results_dir;               // empty: results live in memory only
@@ -44,6 +46,9 @@ struct JobInput {
   MatrixXf weights;
   std::optional<Eigen::VectorXf> bias;
   LayerStats stats;
+  // OPTQ's factorization of stats.gram, started while the upload was still arriving. Declared
+  // last: destroyed (waited for) before the Gram matrix it reads.
+  std::future<absl::StatusOr<std::shared_ptr<const OptqFactor>>> optq_factor;
 };
 
 struct Job {
@@ -112,6 +117,8 @@ class JobManager {
   int running() const;
   // The engine's thread pool, for work done ahead of a job (e.g. OPTQ's factor during the upload).
   RunContext ComputeContext();
+  // Lowers the calling thread to the engine's priority (for engine work started outside a job).
+  void LowerToComputePriority() const { SetThreadNice(options_.compute_nice); }
 
  private:
   explicit JobManager(const JobManagerOptions& options);

@@ -19,6 +19,8 @@ int main(int argc, char** argv) {
   app.add_option("--metrics-address", o.metrics_address, "host:port for Prometheus /metrics (empty: off)")->capture_default_str();
   app.add_option("--workers", o.jobs.workers, "concurrent jobs (0 = hardware threads)")->capture_default_str();
   app.add_option("--compute-threads", o.jobs.compute_threads, "engine threads shared by jobs (0 = hardware threads)")->capture_default_str();
+  app.add_option("--compute-nice", o.jobs.compute_nice, "nice value of engine threads; they run below the network threads (0 = same priority)")
+      ->check(CLI::Range(0, 19))->capture_default_str();
   app.add_option("--max-queue", o.jobs.max_queue, "jobs waiting for a worker before RESOURCE_EXHAUSTED")->capture_default_str();
   app.add_option("--memory-budget-mb", budget_mb, "memory reserved by admitted jobs before RESOURCE_EXHAUSTED")->capture_default_str();
   app.add_option("--max-upload-mb", max_upload_mb, "largest accepted layer upload")->capture_default_str();

@@ -1,14 +1,13 @@
 // axeq.v1.Quantizer: validates every upload message, gathers a layer (weights + statistics, or
 // rows folded into statistics as they arrive), hands it to the JobManager and follows the job,
 // streaming progress and the chunked result. Status conversion happens in ToGrpc (proto/).
-#include <openssl/evp.h>
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 #include <array>
 #include <chrono>
 #include <cstring>
 #include <iostream>
-#include <condition_variable>
-#include <deque>
 #include <future>
 #include <mutex>
 #include <thread>
@@ -35,39 +34,32 @@ bool Terminal(v1::JobState s) {
   return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
 }
 
+// XXH3-128, streaming. Content digests only tell a principal's resubmissions apart (idempotency
+// keys are per principal), so a fast non-cryptographic hash suffices: at tens of GB/s it runs
+// inline on the receiving thread, on bytes that were just copied and are still in cache.
+class ContentDigest {
+ public:
+  ContentDigest() : state_(XXH3_createState()) { XXH3_128bits_reset(state_); }
+  ~ContentDigest() { XXH3_freeState(state_); }
+  ContentDigest(const ContentDigest&) = delete;
+  ContentDigest& operator=(const ContentDigest&) = delete;
+  void Update(const void* data, size_t size) { XXH3_128bits_update(state_, data, size); }
+  XXH128_hash_t Final() const { return XXH3_128bits_digest(state_); }
+
+ private:
+  XXH3_state_t* state_;
+};
+
 // An upload in progress: the header's promises and what has arrived so far.
 class Upload {
  public:
-  Upload() : digest_(EVP_MD_CTX_new()), rows_digest_(EVP_MD_CTX_new()) {
-    EVP_DigestInit_ex(digest_, EVP_sha256(), nullptr);
-    EVP_DigestInit_ex(rows_digest_, EVP_sha256(), nullptr);
-    // The content digest (for idempotency) is computed off the receiving thread: tensor chunks
-    // land in buffers reserved up front, so their bytes stay put while a helper hashes them.
-    hasher_ = std::thread([this] {
-      for (;;) {
-        Piece p;
-        {
-          std::unique_lock<std::mutex> l(hash_mu_);
-          hash_cv_.wait(l, [&] { return !pieces_.empty() || hash_done_; });
-          if (pieces_.empty()) return;
-          p = pieces_.front();
-          pieces_.pop_front();
-        }
-        EVP_DigestUpdate(digest_, &p.tag, sizeof(p.tag));
-        EVP_DigestUpdate(digest_, p.data, p.size);
-      }
-    });
-  }
-  ~Upload() {
-    StopHasher();
-    EVP_MD_CTX_free(digest_);
-    EVP_MD_CTX_free(rows_digest_);
-  }
+  Upload() = default;
 
   // Validates the header; INVALID_ARGUMENT naming the field.
-  absl::Status Start(const v1::LayerHeader& h, int64_t max_upload_bytes, RunContext compute) {
+  absl::Status Start(const v1::LayerHeader& h, int64_t max_upload_bytes, JobManager* jobs) {
     header_ = h;
-    compute_ = std::move(compute);
+    jobs_ = jobs;
+    compute_ = jobs->ComputeContext();
     if (h.layer_name().empty() || h.layer_name().size() > 512)
       return absl::InvalidArgumentError(absl::StrCat("header.layer_name must have 1..512 characters, got ", h.layer_name().size()));
     c_ = h.output_channels();
@@ -101,10 +93,10 @@ class Upload {
     if (upload > max_upload_bytes)
       return absl::ResourceExhaustedError(absl::StrCat("layer upload of ", upload >> 20, " MiB exceeds the server's limit of ", max_upload_bytes >> 20, " MiB"));
     // Buffers are allocated at their full shape on a tensor's first chunk and filled in place; the
-    // job takes them over without a copy, and their bytes never move (the hasher reads them).
+    // job takes them over without a copy, and their bytes never move.
     if (rows_mode_) acc_ = std::make_unique<StatsAccumulator>(k_, /*keep_cross=*/true, /*keep_xx=*/h.has_xx());
-    header_bytes_ = h.SerializeAsString();
-    Enqueue(-1, header_bytes_.data(), header_bytes_.size());
+    const std::string header_bytes = h.SerializeAsString();
+    Hash(-1, header_bytes.data(), header_bytes.size());
     return absl::OkStatus();
   }
 
@@ -145,7 +137,7 @@ class Upload {
     if (const int64_t bad = FirstNonFinite(dst, n); bad >= 0)
       return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " has a NaN/Inf value at element ", at + bad));
     filled_[kind] = at + n;
-    Enqueue(kind, dst, t.payload_bytes);
+    Hash(kind, dst, t.payload_bytes);
     ++chunks_;
     if (kind == v1::TENSOR_KIND_GRAM && filled_[kind] == size_[kind]) StartFactor();
     return absl::OkStatus();
@@ -174,16 +166,15 @@ class Upload {
     auto s = acc_->Add(x, xq);
     if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("rows ", rows_, "..", rows_ + n, ": ", s.message()));
     rows_ += n;
-    // Rows are not kept, so they are hashed here, into a digest of their own.
-    EVP_DigestUpdate(rows_digest_, r.inputs().data(), r.inputs().size());
-    EVP_DigestUpdate(rows_digest_, r.quant_inputs().data(), r.quant_inputs().size());
+    // Rows are not kept: they go into a digest of their own.
+    rows_digest_.Update(r.inputs().data(), r.inputs().size());
+    rows_digest_.Update(r.quant_inputs().data(), r.quant_inputs().size());
     ++chunks_;
     return absl::OkStatus();
   }
 
   // Checks the commit and builds the job's input; INVALID_ARGUMENT / FAILED_PRECONDITION.
   absl::StatusOr<std::unique_ptr<JobInput>> Finish(const v1::Commit& commit) {
-    StopHasher();  // the buffers below move to the job: all hashing of them must be done
     if (commit.chunks() != chunks_)
       return absl::InvalidArgumentError(absl::StrCat("commit announces ", commit.chunks(), " chunks but ", chunks_, " arrived"));
     for (int kind = 1; kind < kKinds; ++kind) {
@@ -208,11 +199,8 @@ class Upload {
         if (filled_[kind] > 0) *out = std::move(data_[kind]);  // no copy
       };
       in->stats.samples = header_.samples();
-      if (factor_.valid()) {  // computed while the rest of the upload arrived; it reads GRAM's buffer
-        auto f = factor_.get();
-        if (f.ok()) in->stats.optq_factor = *f;  // on error the job recomputes and reports it
-      }
-      mat(v1::TENSOR_KIND_GRAM, &in->stats.gram);
+      mat(v1::TENSOR_KIND_GRAM, &in->stats.gram);  // the buffer moves, its bytes stay put
+      in->optq_factor = std::move(factor_);          // still running, maybe: the job waits for it
       mat(v1::TENSOR_KIND_CROSS, &in->stats.cross);
       mat(v1::TENSOR_KIND_XX, &in->stats.xx);
       if (header_.has_means()) {
@@ -224,16 +212,13 @@ class Upload {
     return in;
   }
 
+  // The content digest for idempotency: "xxh3-128:" and 32 hex digits over the header and every
+  // tensor and row byte in arrival order.
   std::string DigestHex() {
-    StopHasher();
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    EVP_DigestFinal_ex(rows_digest_, md, &len);
-    EVP_DigestUpdate(digest_, md, len);
-    EVP_DigestFinal_ex(digest_, md, &len);
-    std::string hex;
-    for (unsigned int i = 0; i < len; ++i) absl::StrAppend(&hex, absl::Hex(md[i], absl::kZeroPad2));
-    return hex;
+    const XXH128_hash_t rows = rows_digest_.Final();
+    digest_.Update(&rows, sizeof(rows));
+    const XXH128_hash_t d = digest_.Final();
+    return absl::StrCat("xxh3-128:", absl::Hex(d.high64, absl::kZeroPad16), absl::Hex(d.low64, absl::kZeroPad16));
   }
 
   const v1::LayerHeader& header() const { return header_; }
@@ -246,34 +231,20 @@ class Upload {
     if (bytes % 4 != 0) return absl::InvalidArgumentError(absl::StrCat(what, " chunk of ", bytes, " bytes is not whole float32 values"));
     return absl::OkStatus();
   }
-  struct Piece {
-    int64_t tag;
-    const void* data;
-    size_t size;
-  };
-  void Enqueue(int64_t tag, const void* data, size_t size) {
-    {
-      std::lock_guard<std::mutex> l(hash_mu_);
-      pieces_.push_back({tag, data, size});
-    }
-    hash_cv_.notify_one();
-  }
-  void StopHasher() {
-    if (!hasher_.joinable()) return;
-    {
-      std::lock_guard<std::mutex> l(hash_mu_);
-      hash_done_ = true;
-    }
-    hash_cv_.notify_one();
-    hasher_.join();
+  void Hash(int64_t tag, const void* data, size_t size) {
+    digest_.Update(&tag, sizeof(tag));
+    digest_.Update(data, size);
   }
   // OPTQ needs only the Gram matrix for its 2/3 K^3 factorization: start it as soon as GRAM is
   // complete (clients send it first), overlapping the rest of the upload.
   void StartFactor() {
     if (rows_mode_ || options_.algorithm != Algorithm::kOptq || factor_.valid()) return;
-    factor_ = std::async(std::launch::async, [this] {
-      const Eigen::Map<const MatrixXf> g(data_[v1::TENSOR_KIND_GRAM].data(), k_, k_);
-      return PrepareOptq(g, options_, compute_);
+    // Captures by value: the future may move to the job (JobInput), outliving this Upload; the
+    // Gram buffer it reads moves along with it and is freed only after the future is waited for.
+    factor_ = std::async(std::launch::async, [jobs = jobs_, g = data_[v1::TENSOR_KIND_GRAM].data(), k = k_,
+                                              options = options_, compute = compute_] {
+      jobs->LowerToComputePriority();
+      return PrepareOptq(Eigen::Map<const MatrixXf>(g, k, k), options, compute);
     });
   }
 
@@ -286,14 +257,8 @@ class Upload {
   std::array<MatrixXf, kKinds> data_;
   std::array<int64_t, kKinds> filled_{};
   std::unique_ptr<StatsAccumulator> acc_;
-  EVP_MD_CTX* digest_;
-  EVP_MD_CTX* rows_digest_;
-  std::string header_bytes_;
-  std::mutex hash_mu_;
-  std::condition_variable hash_cv_;
-  std::deque<Piece> pieces_;
-  bool hash_done_ = false;
-  std::thread hasher_;
+  ContentDigest digest_, rows_digest_;
+  JobManager* jobs_ = nullptr;
   RunContext compute_;
   // Last member: destroyed (joined) first, while the buffers it reads still exist.
   std::future<absl::StatusOr<std::shared_ptr<const OptqFactor>>> factor_;
@@ -365,7 +330,7 @@ class QuantizerService final : public v1::Quantizer::Service {
     AXEQ_RETURN_IF_ERROR(DecodeUpload(raw, &msg));
     if (!msg.message.has_header()) return absl::InvalidArgumentError("the first upload message must be a header");
     Upload up;
-    AXEQ_RETURN_IF_ERROR(up.Start(msg.message.header(), max_upload_bytes_, jobs_->ComputeContext()));
+    AXEQ_RETURN_IF_ERROR(up.Start(msg.message.header(), max_upload_bytes_, jobs_));
     const bool detach = up.header().detach();
     std::shared_ptr<Job> job;
     {
