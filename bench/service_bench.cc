@@ -1,7 +1,8 @@
 // The service against the embedded engine on one layer (figures, not pass/fail): ingest
 // throughput over loopback (MB/s from the first byte to the job being queued) for a K x K layer
-// with its K^2 statistics, and the end-to-end wall time remote vs embedded.
-// Run: build/bench/service_bench [--benchmark_filter=/4096]
+// with its K^2 statistics, and the end-to-end wall time remote vs embedded, for three
+// configurations (see Options). Client and server share this process and its cores.
+// Run: build/bench/service_bench [--benchmark_filter=/4096/]
 #include <chrono>
 #include <random>
 
@@ -30,33 +31,56 @@ const Fixture& Get(int64_t k) {
     for (int64_t i = 0; i < f->w.size(); ++i) f->w.data()[i] = 0.02f * n(rng);
     MatrixXf x(512, k);
     for (int64_t i = 0; i < x.size(); ++i) x.data()[i] = std::abs(n(rng));
-    StatsAccumulator acc(k, true, false);
+    StatsAccumulator acc(k, true, true);
     (void)acc.Add(x, x);
     f->stats = *acc.Finish();
   }
   return *f;
 }
 
-LayerOptions Options() {
+// The second benchmark argument picks the layer's configuration and what is uploaded:
+//   0: OPTQ+AXE with H = X~^T X~ (all OPTQ needs; the report's error is on quantized inputs)
+//   1: OPTQ+AXE with H, X~^T X and X^T X (the report's error against float inputs too)
+//   2: GPFQ+AXE with X~^T X and X~^T X~
+LayerOptions Options(int64_t config) {
   LayerOptions o;
   o.accumulator.bits = 16;
   o.accumulator.tile_size = 128;
+  if (config == 2) o.algorithm = Algorithm::kGpfq;
   return o;
+}
+
+LayerStats Stats(const Fixture& f, int64_t config) {
+  LayerStats s = f.stats;
+  if (config == 0) s.cross.resize(0, 0);
+  if (config != 1) s.xx.resize(0, 0);
+  return s;
+}
+
+int64_t UploadBytes(const Fixture& f, const LayerStats& s) {
+  return 4 * (f.w.size() + s.gram.size() + s.cross.size() + s.xx.size());
+}
+
+std::string Label(int64_t config) {
+  return config == 0 ? "OPTQ, H" : config == 1 ? "OPTQ, H + X~^T X + X^T X" : "GPFQ, X~^T X + X~^T X~";
 }
 
 void BM_Embedded(benchmark::State& state) {
   const Fixture& f = Get(state.range(0));
+  const LayerStats stats = Stats(f, state.range(1));
   ThreadPool pool(2);
   RunContext ctx;
   ctx.parallel_for = [&](int64_t n, const std::function<void(int64_t)>& fn) { pool.ParallelFor(n, fn); };
   for (auto _ : state) {
-    auto r = QuantizeLayer(f.w, nullptr, f.stats, Options(), ctx);
+    auto r = QuantizeLayer(f.w, nullptr, stats, Options(state.range(1)), ctx);
     benchmark::DoNotOptimize(r.ok());
   }
+  state.SetLabel(Label(state.range(1)));
 }
 
 void BM_Remote(benchmark::State& state) {
   const Fixture& f = Get(state.range(0));
+  const LayerStats stats = Stats(f, state.range(1));
   server::ServerOptions so;
   so.address = "127.0.0.1:0";
   so.insecure = true;
@@ -70,9 +94,9 @@ void BM_Remote(benchmark::State& state) {
   double ingest_mb_s = 0;
   for (auto _ : state) {
     RemoteLayer l{"bench", f.w};
-    l.stats = &f.stats;
+    l.stats = &stats;
     l.activations.scale = 0.01f;
-    l.options = Options();
+    l.options = Options(state.range(1));
     const auto t0 = std::chrono::steady_clock::now();
     std::chrono::steady_clock::time_point queued{};
     auto r = client->Quantize(l, [&](double, const std::string& s) {
@@ -87,14 +111,15 @@ void BM_Remote(benchmark::State& state) {
     state.counters["upload_s"] = std::chrono::duration<double>(queued - t0).count();
     state.counters["server_compute_s"] = r->seconds;
     state.counters["after_compute_s"] = std::chrono::duration<double>(t1 - queued).count() - r->seconds;
-    const double bytes = 4.0 * (f.w.size() + f.stats.gram.size() + f.stats.cross.size());
-    ingest_mb_s = bytes / 1e6 / std::chrono::duration<double>(queued - t0).count();
+    ingest_mb_s = static_cast<double>(UploadBytes(f, stats)) / 1e6 / std::chrono::duration<double>(queued - t0).count();
   }
   state.counters["ingest_MBps"] = ingest_mb_s;
+  state.counters["upload_MB"] = static_cast<double>(UploadBytes(f, stats)) / 1e6;
+  state.SetLabel(Label(state.range(1)));
 }
 
-BENCHMARK(BM_Embedded)->Arg(1024)->Arg(4096)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(2);
-BENCHMARK(BM_Remote)->Arg(1024)->Arg(4096)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(2);
+BENCHMARK(BM_Embedded)->ArgsProduct({{1024, 4096}, {0, 1, 2}})->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+BENCHMARK(BM_Remote)->ArgsProduct({{1024, 4096}, {0, 1, 2}})->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
 
 }  // namespace
 }  // namespace axeq

@@ -194,7 +194,11 @@ absl::StatusOr<RemoteResult> RemoteClient::QuantizeOnce(const RemoteLayer& l,
   send_tensor(v1::TENSOR_KIND_WEIGHT, w, c * k);
   if (l.bias) send_tensor(v1::TENSOR_KIND_BIAS, l.bias->data(), l.bias->size());
   if (l.stats) {
-    if (l.stats->cross.size()) send_tensor(v1::TENSOR_KIND_CROSS, l.stats->cross.data(), l.stats->cross.size());
+    // OPTQ reads cross only for the report's relative error, which also needs xx: without xx it
+    // would be uploaded for nothing.
+    const bool cross_used = l.options.algorithm == Algorithm::kGpfq || l.stats->xx.size() != 0;
+    if (l.stats->cross.size() && cross_used)
+      send_tensor(v1::TENSOR_KIND_CROSS, l.stats->cross.data(), l.stats->cross.size());
     if (l.stats->xx.size()) send_tensor(v1::TENSOR_KIND_XX, l.stats->xx.data(), l.stats->xx.size());
     if (h->has_means()) {
       send_tensor(v1::TENSOR_KIND_MEAN_X, l.stats->mean_x.data(), k);

@@ -480,6 +480,46 @@ TEST(ServerOps, MetricsHealthAndDrain) {
   EXPECT_TRUE(not_serving);
 }
 
+// One grpc.reflection.v1alpha exchange, hand-encoded (the stubs live inside libgrpc++_reflection
+// without installed headers): returns the raw ServerReflectionResponse bytes.
+std::string Reflect(int port, int field, const std::string& value) {
+  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials());
+  grpc::internal::RpcMethod method("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                                   grpc::internal::RpcMethod::BIDI_STREAMING);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>> stream(
+      grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(channel.get(), method, &ctx));
+  std::string req = {static_cast<char>((field << 3) | 2), static_cast<char>(value.size())};
+  req += value;
+  grpc::Slice slice(req);
+  EXPECT_TRUE(stream->Write(grpc::ByteBuffer(&slice, 1)));
+  stream->WritesDone();
+  grpc::ByteBuffer resp;
+  std::string out;
+  if (stream->Read(&resp)) {
+    std::vector<grpc::Slice> parts;
+    EXPECT_TRUE(resp.Dump(&parts).ok());
+    for (const auto& p : parts) out.append(reinterpret_cast<const char*>(p.begin()), p.size());
+  }
+  EXPECT_TRUE(stream->Finish().ok());
+  return out;
+}
+
+TEST(ServerOps, ReflectionDescribesTheServices) {
+  auto srv = Server::Start(Plain());
+  ASSERT_TRUE(srv.ok()) << srv.status();
+  // list_services (field 7): the quantizer and the health service.
+  const std::string services = Reflect((*srv)->port(), 7, "");
+  EXPECT_NE(services.find("axeq.v1.Quantizer"), std::string::npos);
+  EXPECT_NE(services.find("grpc.health.v1.Health"), std::string::npos);
+  // file_containing_symbol (field 4): the contract's descriptor, with Quantize's real message types
+  // (the server reads Quantize as raw buffers, but it describes the typed contract).
+  const std::string file = Reflect((*srv)->port(), 4, "axeq.v1.Quantizer");
+  for (const char* want : {"axeq/v1/axeq.proto", "UploadRequest", "JobEvent", "Quantize", "TensorChunk"})
+    EXPECT_NE(file.find(want), std::string::npos) << want;
+}
+
 TEST(ServerDurability, RetentionKeepsTheNewestWithinTheSizeLimit) {
   const std::string dir = TempDir("retention");
   auto opts = Plain();

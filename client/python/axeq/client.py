@@ -141,7 +141,9 @@ class Client:
             header.calibration = pb.CALIBRATION_KIND_STATISTICS
             header.samples = int(samples)
             tensors.insert(0, (pb.TENSOR_KIND_GRAM, _f32(gram, "gram", (k, k))))  # first: the server factors it early
-            if cross is not None:
+            # OPTQ reads cross only for the report's relative error, which also needs xx: without
+            # xx it would be uploaded for nothing.
+            if cross is not None and (config.algorithm == "gpfq" or xx is not None):
                 tensors.append((pb.TENSOR_KIND_CROSS, _f32(cross, "cross", (k, k))))
             if xx is not None:
                 header.has_xx = True
