@@ -219,6 +219,22 @@ TEST(Engine, CancellationStopsWithinOneBlock) {
   o.block_size = 32;
   auto r = QuantizeLayer(layer.weights, nullptr, stats, o, ctx);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled);
+  // Polled before each factorization block (K = 64 is one) and after the factorization: the
+  // second poll stops the job before the sweep starts.
+  EXPECT_EQ(polls, 2);
+  // The factorization prepared ahead of a job (the server's overlap) stops the same way.
+  polls = 0;
+  ctx.should_stop = [&] { return ++polls > 0; };
+  EXPECT_EQ(PrepareOptq(stats.gram, o, ctx).status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(polls, 2);
+  // Given a prepared factor, the sweep is what stops: within one block.
+  ctx.should_stop = {};
+  auto f = PrepareOptq(stats.gram, o, ctx);
+  ASSERT_TRUE(f.ok());
+  stats.optq_factor = *f;
+  polls = 0;
+  ctx.should_stop = [&] { return ++polls > 1; };
+  EXPECT_EQ(QuantizeLayer(layer.weights, nullptr, stats, o, ctx).status().code(), absl::StatusCode::kCancelled);
   EXPECT_EQ(polls, 2);
 }
 

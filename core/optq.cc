@@ -28,11 +28,12 @@ void ForChunks(int64_t n, int64_t chunk, const RunContext& ctx, Fn&& fn) {
 
 // Factors the lower triangle of a in place (a = L L^T), blocked right-looking: the panel solve and
 // the trailing update (the K^3/3 bulk) run in fixed chunks through ctx. Returns false if a is not
-// positive definite. Chunks are fixed, so the result does not depend on the thread count.
+// positive definite or ctx.should_stop fired (checked once per block). Chunks are fixed, so the result does not depend on the thread count.
 template <typename S>
 bool BlockedCholesky(MatS<S>& a, const RunContext& ctx) {
   const int64_t n = a.rows();
   for (int64_t j = 0; j < n; j += kFactorBlock) {
+    if (ctx.should_stop && ctx.should_stop()) return false;  // the caller reports CANCELLED
     const int64_t w = std::min(kFactorBlock, n - j), rest = n - j - w;
     Eigen::Ref<MatS<S>> d = a.block(j, j, w, w);
     Eigen::LLT<Eigen::Ref<MatS<S>>, Eigen::Lower> llt(d);
@@ -83,7 +84,9 @@ absl::StatusOr<RowMatS<S>> UpperFactorOfInverse(const MatS<S>& h, double damping
     for (int64_t j = 0; j < k; ++j)
       for (int64_t i = j; i < k; ++i) rev(i, j) = h(k - 1 - i, k - 1 - j);
     rev.diagonal().array() += static_cast<S>(eta);
-    if (!BlockedCholesky<S>(rev, ctx)) continue;
+    const bool factored = BlockedCholesky<S>(rev, ctx);
+    if (ctx.should_stop && ctx.should_stop()) return absl::CancelledError("factorization cancelled");
+    if (!factored) continue;
     MatS<S> linv = LowerInverse<S>(rev, ctx);
     if (!linv.allFinite()) continue;
     // u(i, j) = linv(k-1-i, k-1-j), upper triangle only (the sweep never reads the lower one);

@@ -315,6 +315,8 @@ void JobManager::Run(const std::shared_ptr<Job>& job) {
     Notify(*job);
   };
   if (in.optq_factor.valid()) {  // on error the engine factors again and reports why
+    while (in.optq_factor.wait_for(std::chrono::milliseconds(50)) != std::future_status::ready)
+      if (ctx.should_stop()) *in.optq_factor_stop = true;  // then the engine reports CANCELLED
     auto f = in.optq_factor.get();
     if (f.ok()) in.stats.optq_factor = *f;
   }

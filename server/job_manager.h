@@ -40,6 +40,12 @@ struct JobManagerOptions {
 
 // Everything a job needs to run, gathered by the upload handler.
 struct JobInput {
+  JobInput() = default;
+  JobInput(const JobInput&) = delete;
+  JobInput& operator=(const JobInput&) = delete;
+  ~JobInput() {  // a job that ends (or never runs) stops the factorization it did not wait for
+    if (optq_factor_stop) *optq_factor_stop = true;
+  }
   std::string layer_name;
   LayerOptions options;
   ActivationQuantizer activations;
@@ -48,6 +54,7 @@ struct JobInput {
   LayerStats stats;
   // OPTQ's factorization of stats.gram, started while the upload was still arriving. Declared
   // last: destroyed (waited for) before the Gram matrix it reads.
+  std::shared_ptr<std::atomic<bool>> optq_factor_stop;  // its should_stop
   std::future<absl::StatusOr<std::shared_ptr<const OptqFactor>>> optq_factor;
 };
 

@@ -54,6 +54,9 @@ class ContentDigest {
 class Upload {
  public:
   Upload() = default;
+  ~Upload() {  // an upload that fails or is abandoned stops its factorization
+    if (factor_.valid()) *factor_stop_ = true;
+  }
 
   // Validates the header; INVALID_ARGUMENT naming the field.
   absl::Status Start(const v1::LayerHeader& h, int64_t max_upload_bytes, JobManager* jobs) {
@@ -201,6 +204,7 @@ class Upload {
       in->stats.samples = header_.samples();
       mat(v1::TENSOR_KIND_GRAM, &in->stats.gram);  // the buffer moves, its bytes stay put
       in->optq_factor = std::move(factor_);          // still running, maybe: the job waits for it
+      in->optq_factor_stop = factor_stop_;
       mat(v1::TENSOR_KIND_CROSS, &in->stats.cross);
       mat(v1::TENSOR_KIND_XX, &in->stats.xx);
       if (header_.has_means()) {
@@ -241,8 +245,10 @@ class Upload {
     if (rows_mode_ || options_.algorithm != Algorithm::kOptq || factor_.valid()) return;
     // Captures by value: the future may move to the job (JobInput), outliving this Upload; the
     // Gram buffer it reads moves along with it and is freed only after the future is waited for.
+    RunContext compute = compute_;
+    compute.should_stop = [stop = factor_stop_] { return stop->load(); };
     factor_ = std::async(std::launch::async, [jobs = jobs_, g = data_[v1::TENSOR_KIND_GRAM].data(), k = k_,
-                                              options = options_, compute = compute_] {
+                                              options = options_, compute = std::move(compute)] {
       jobs->LowerToComputePriority();
       return PrepareOptq(Eigen::Map<const MatrixXf>(g, k, k), options, compute);
     });
@@ -260,6 +266,7 @@ class Upload {
   ContentDigest digest_, rows_digest_;
   JobManager* jobs_ = nullptr;
   RunContext compute_;
+  std::shared_ptr<std::atomic<bool>> factor_stop_ = std::make_shared<std::atomic<bool>>(false);
   // Last member: destroyed (joined) first, while the buffers it reads still exist.
   std::future<absl::StatusOr<std::shared_ptr<const OptqFactor>>> factor_;
 };
