@@ -118,7 +118,42 @@ TEST(ServerConformance, RemoteEqualsEmbeddedBitForBit) {
         auto st = client->Quantize(l);
         ASSERT_TRUE(st.ok()) << st.status();
         EXPECT_EQ(st->result.codes, local.codes);
+        EXPECT_EQ(st->result.report.relative_error, local.report.relative_error);  // xx and cross went
+        // OPTQ without xx: the client leaves cross out (OPTQ does not read it); same codes.
+        LayerStats lean = stats;
+        lean.xx.resize(0, 0);
+        l.stats = &lean;
+        auto ls = client->Quantize(l);
+        ASSERT_TRUE(ls.ok()) << ls.status();
+        EXPECT_EQ(ls->result.codes, local.codes);
+        EXPECT_EQ(ls->result.report.relative_error_quantized_inputs, local.report.relative_error_quantized_inputs);
       }
+}
+
+TEST(ServerConformance, WeightsFromAStridedViewAreSentAsTheirValues) {
+  // A layer that is a slice of a larger matrix (outer stride != K): the client cannot lend its
+  // rows as one run, so it copies them once; the result equals the contiguous upload.
+  auto srv = Server::Start(Plain());
+  ASSERT_TRUE(srv.ok()) << srv.status();
+  auto client = ClientFor((*srv)->port());
+  std::mt19937_64 rng(testing::TestSeed(1202));
+  Case c = MakeCase(rng, Algorithm::kOptq, 0, false);
+  MatrixXf wide = MatrixXf::Zero(c.layer.weights.rows(), c.layer.weights.cols() + 7);
+  wide.leftCols(c.layer.weights.cols()) = c.layer.weights;
+  RemoteLayer strided{"strided", wide.leftCols(c.layer.weights.cols())};
+  ASSERT_NE(strided.weights.outerStride(), strided.weights.cols());
+  RemoteLayer plain = Remote(c);
+  strided.bias = plain.bias;
+  strided.x = plain.x;
+  strided.xq = plain.xq;
+  strided.activations = plain.activations;
+  strided.options = plain.options;
+  auto a = client->Quantize(strided);
+  auto b = client->Quantize(plain);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(a->result.codes, b->result.codes);
+  EXPECT_EQ(a->result.codes, Embedded(c).codes);
 }
 
 // Sends raw upload messages and returns the call's status (and the trailing metadata).
