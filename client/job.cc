@@ -33,12 +33,12 @@ class EmbeddedEngine : public Engine {
   explicit EmbeddedEngine(int threads) : pool_(threads) {}
   absl::StatusOr<LayerOutcome> Run(const LayerTask& t, const std::function<void(double)>& progress) override {
     const auto t0 = std::chrono::steady_clock::now();
-    StatsAccumulator acc(t.weights.cols(), /*keep_cross=*/true, /*keep_xx=*/true);
+    RunContext ctx;
+    ctx.parallel_for = [this](int64_t n, const std::function<void(int64_t)>& fn) { pool_.ParallelFor(n, fn); };
+    StatsAccumulator acc(t.weights.cols(), /*keep_cross=*/true, /*keep_xx=*/true, ctx);
     AXEQ_RETURN_IF_ERROR(acc.Add(t.x, t.xq));
     LayerStats stats;
     AXEQ_ASSIGN_OR_RETURN(stats, acc.Finish());
-    RunContext ctx;
-    ctx.parallel_for = [this](int64_t n, const std::function<void(int64_t)>& fn) { pool_.ParallelFor(n, fn); };
     ctx.progress = [&](int64_t done, int64_t total) {
       if (progress) progress(static_cast<double>(done) / total);
     };

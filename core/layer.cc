@@ -13,8 +13,8 @@
 
 namespace axeq {
 
-StatsAccumulator::StatsAccumulator(int64_t k, bool keep_cross, bool keep_xx)
-    : k_(k), keep_cross_(keep_cross), keep_xx_(keep_xx) {
+StatsAccumulator::StatsAccumulator(int64_t k, bool keep_cross, bool keep_xx, RunContext ctx)
+    : ctx_(std::move(ctx)), k_(k), keep_cross_(keep_cross), keep_xx_(keep_xx) {
   gram_ = Eigen::MatrixXd::Zero(k, k);
   if (keep_cross_) cross_ = Eigen::MatrixXd::Zero(k, k);
   if (keep_xx_) xx_ = Eigen::MatrixXd::Zero(k, k);
@@ -49,20 +49,31 @@ absl::Status StatsAccumulator::Add(const Eigen::Ref<const MatrixXf>& x,
 void StatsAccumulator::Flush() {
   if (pending_ == 0) return;
   // Each block of kBlockRows rows is formed in float (GEMM speed) and summed across blocks in
-  // double. Blocks are fixed, so the result does not depend on how rows were chunked by callers.
+  // double. Blocks are fixed, so the result does not depend on how rows were chunked by callers;
+  // within a block, column chunks are fixed too (one task each), so it does not depend on threads.
+  // Symmetric statistics are formed on and below the diagonal only.
   const auto x = x_buf_.topRows(pending_);
   const auto xq = xq_buf_.topRows(pending_);
-  Eigen::MatrixXf t = Eigen::MatrixXf::Zero(k_, k_);
-  t.selfadjointView<Eigen::Lower>().rankUpdate(xq.transpose());
-  gram_.triangularView<Eigen::Lower>() += t.cast<double>();
-  if (keep_xx_) {
-    t.setZero();
-    t.selfadjointView<Eigen::Lower>().rankUpdate(x.transpose());
-    xx_.triangularView<Eigen::Lower>() += t.cast<double>();
-  }
-  if (keep_cross_) {
-    t.noalias() = xq.transpose() * x;
-    cross_ += t.cast<double>();
+  const int64_t chunks = (k_ + kBlockCols - 1) / kBlockCols;
+  auto one = [&](int64_t j) {
+    const int64_t c0 = j * kBlockCols, len = std::min(kBlockCols, k_ - c0), below = k_ - c0;
+    Eigen::MatrixXf t(below, len);
+    t.noalias() = xq.rightCols(below).transpose() * xq.middleCols(c0, len);
+    gram_.block(c0, c0, below, len) += t.cast<double>();
+    if (keep_xx_) {
+      t.noalias() = x.rightCols(below).transpose() * x.middleCols(c0, len);
+      xx_.block(c0, c0, below, len) += t.cast<double>();
+    }
+    if (keep_cross_) {
+      Eigen::MatrixXf u(k_, len);
+      u.noalias() = xq.transpose() * x.middleCols(c0, len);
+      cross_.middleCols(c0, len) += u.cast<double>();
+    }
+  };
+  if (ctx_.parallel_for && chunks > 1) {
+    ctx_.parallel_for(chunks, one);
+  } else {
+    for (int64_t j = 0; j < chunks; ++j) one(j);
   }
   sum_x_ += x.colwise().sum().transpose().cast<double>();
   sum_xq_ += xq.colwise().sum().transpose().cast<double>();

@@ -36,7 +36,9 @@ struct LayerStats {
 // on how the caller chunks them (bit-identical embedded and over the wire). Which matrices it keeps is chosen up front.
 class StatsAccumulator {
  public:
-  StatsAccumulator(int64_t k, bool keep_cross, bool keep_xx);
+  // ctx.parallel_for (optional) spreads each block's products over fixed column chunks, so the
+  // statistics are the same bits for any thread count.
+  StatsAccumulator(int64_t k, bool keep_cross, bool keep_xx, RunContext ctx = {});
   // Adds rows x and xq [n, K] (xq may equal x in content). INVALID_ARGUMENT on shape or NaN/Inf.
   absl::Status Add(const Eigen::Ref<const MatrixXf>& x, const Eigen::Ref<const MatrixXf>& xq);
   int64_t samples() const { return samples_ + pending_; }
@@ -44,9 +46,12 @@ class StatsAccumulator {
   absl::StatusOr<LayerStats> Finish();
   // Rows per internal block; only this many rows are ever buffered.
   static constexpr int64_t kBlockRows = 256;
+  // Columns of the statistics per parallel task.
+  static constexpr int64_t kBlockCols = 128;
 
  private:
   void Flush();
+  RunContext ctx_;
   int64_t k_, samples_ = 0, pending_ = 0;
   MatrixXf x_buf_, xq_buf_;
   bool keep_cross_, keep_xx_;

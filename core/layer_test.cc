@@ -1,6 +1,7 @@
 // Tests of QuantizeLayer: validation errors, infeasible budgets, the baselines, bias correction,
 // the statistics accumulator and the quality report against direct computation on samples.
 #include "core/layer.h"
+#include "core/thread_pool.h"
 
 #include <random>
 
@@ -145,6 +146,31 @@ TEST_F(LayerTest, StatsDoNotDependOnHowRowsAreChunked) {
     EXPECT_EQ(a.mean_xq, b.mean_xq) << chunk;
     EXPECT_EQ(b.samples, 700);
   }
+}
+
+TEST_F(LayerTest, StatsDoNotDependOnThreads) {
+  // K = 300: three column chunks, spread over 1 or 3 pool threads; the same bits either way, and
+  // the same as the serial products up to float summation order.
+  std::mt19937_64 rng(TestSeed(911));
+  auto big = MakeRandomLayer(rng, 4, 300, 600, InputSpec{});
+  StatsAccumulator serial(300, true, true);
+  ASSERT_TRUE(serial.Add(big.x, big.xq).ok());
+  const LayerStats a = *serial.Finish();
+  for (int threads : {1, 3}) {
+    ThreadPool pool(threads);
+    RunContext ctx;
+    ctx.parallel_for = [&](int64_t n, const std::function<void(int64_t)>& f) { pool.ParallelFor(n, f); };
+    StatsAccumulator acc(300, true, true, ctx);
+    ASSERT_TRUE(acc.Add(big.x, big.xq).ok());
+    const LayerStats b = *acc.Finish();
+    EXPECT_EQ(a.gram, b.gram) << threads;
+    EXPECT_EQ(a.cross, b.cross) << threads;
+    EXPECT_EQ(a.xx, b.xx) << threads;
+  }
+  const Eigen::MatrixXd xq = big.xq.cast<double>();
+  const Eigen::MatrixXd direct = xq.transpose() * xq / 600.0;
+  EXPECT_LT((a.gram.cast<double>() - direct).cwiseAbs().maxCoeff() / direct.cwiseAbs().maxCoeff(), 1e-6);
+  EXPECT_TRUE(a.gram.isApprox(a.gram.transpose(), 0));  // exactly symmetric
 }
 
 TEST_F(LayerTest, ReportAndBiasCorrectionMatchSamples) {

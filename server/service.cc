@@ -97,7 +97,7 @@ class Upload {
       return absl::ResourceExhaustedError(absl::StrCat("layer upload of ", upload >> 20, " MiB exceeds the server's limit of ", max_upload_bytes >> 20, " MiB"));
     // Buffers are allocated at their full shape on a tensor's first chunk and filled in place; the
     // job takes them over without a copy, and their bytes never move.
-    if (rows_mode_) acc_ = std::make_unique<StatsAccumulator>(k_, /*keep_cross=*/true, /*keep_xx=*/h.has_xx());
+    if (rows_mode_) acc_ = std::make_unique<StatsAccumulator>(k_, /*keep_cross=*/true, /*keep_xx=*/h.has_xx(), compute_);
     const std::string header_bytes = h.SerializeAsString();
     Hash(-1, header_bytes.data(), header_bytes.size());
     return absl::OkStatus();
