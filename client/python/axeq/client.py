@@ -57,6 +57,23 @@ class LayerResult:
         return verify_certificate(self.codes, self.certificate)
 
 
+def _varint(v: int) -> bytes:
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def encode_tensor_chunk(kind: int, offset: int, payload: memoryview) -> bytes:
+    """UploadRequest{tensor: TensorChunk{tensor: kind, offset, data: payload}} in protobuf wire
+    format, built with one copy of the payload (the same bytes the C++ client frames; the server
+    decodes them without parsing a message)."""
+    inner = b"\x08" + _varint(kind) + b"\x10" + _varint(offset) + b"\x1a" + _varint(payload.nbytes)
+    return b"".join((b"\x12", _varint(len(inner) + payload.nbytes), inner, payload))
+
+
 def _f32(a, name, shape=None):
     a = np.ascontiguousarray(np.asarray(a, dtype=np.float32))
     if shape is not None and a.shape != shape:
@@ -95,6 +112,10 @@ class Client:
         else:
             self._channel = grpc.insecure_channel(address, options=opts)
         self._stub = pb_grpc.QuantizerStub(self._channel)
+        # Quantize with pre-encoded requests: tensor chunks are framed by hand around a view of the
+        # caller's array (encode_tensor_chunk), saving the protobuf message's copies.
+        self._quantize_raw = self._channel.stream_stream(
+            "/axeq.v1.Quantizer/Quantize", request_serializer=bytes, response_deserializer=pb.JobEvent.FromString)
         self._metadata = [("authorization", f"Bearer {token}")] if token else []
         self.deadline, self.retries = deadline, max(1, retries)
 
@@ -162,25 +183,25 @@ class Client:
             rows = (x, xq)
 
         def requests():
-            yield pb.UploadRequest(header=header)
+            yield pb.UploadRequest(header=header).SerializeToString()
             n = 0
             for kind, a in tensors:
-                flat = a.reshape(-1).view(np.uint8)
+                flat = memoryview(a.reshape(-1)).cast("B")
                 step = CHUNK_BYTES // 4 * 4
-                for off in range(0, flat.size, step):
-                    yield pb.UploadRequest(tensor=pb.TensorChunk(tensor=kind, offset=off // 4, data=flat[off:off + step].tobytes()))
+                for off in range(0, flat.nbytes, step):
+                    yield encode_tensor_chunk(kind, off // 4, flat[off:off + step])
                     n += 1
             if rows is not None:
                 x, xq = rows
                 per = max(1, CHUNK_BYTES // 2 // (4 * k))
                 for r0 in range(0, x.shape[0], per):
                     yield pb.UploadRequest(rows=pb.RowsChunk(row_offset=r0, inputs=x[r0:r0 + per].tobytes(),
-                                                             quant_inputs=b"" if xq is None else xq[r0:r0 + per].tobytes()))
+                                                             quant_inputs=b"" if xq is None else xq[r0:r0 + per].tobytes())).SerializeToString()
                     n += 1
-            yield pb.UploadRequest(commit=pb.Commit(chunks=n))
+            yield pb.UploadRequest(commit=pb.Commit(chunks=n)).SerializeToString()
 
         return self._with_retries(lambda: self._collect(
-            self._stub.Quantize(requests(), timeout=self.deadline, metadata=self._metadata), progress))
+            self._quantize_raw(requests(), timeout=self.deadline, metadata=self._metadata), progress))
 
     def fetch(self, job_id: str, progress=None) -> LayerResult:
         """Follows a job by id and returns its result (resume after a disconnect or a restart)."""

@@ -134,6 +134,19 @@ class ClientTest(ServerFixture):
         self.assertEqual(e.exception.code.name, "NOT_FOUND")
 
 
+class WireTest(unittest.TestCase):
+    def test_hand_framed_tensor_chunks_are_upload_requests(self):
+        from axeq.client import encode_tensor_chunk
+        from axeq.v1 import axeq_pb2 as pb
+        rng = np.random.default_rng(5)
+        for kind, offset, n in [(1, 0, 0), (3, 7, 5), (2, 1 << 40, 70000), (7, 300, 1)]:
+            a = rng.standard_normal(n).astype(np.float32)
+            m = pb.UploadRequest.FromString(encode_tensor_chunk(kind, offset, memoryview(a).cast("B")))
+            self.assertEqual(m.WhichOneof("kind"), "tensor")
+            self.assertEqual((m.tensor.tensor, m.tensor.offset), (kind, offset))
+            self.assertEqual(m.tensor.data, a.tobytes())
+
+
 class TlsTest(unittest.TestCase):
     """TLS and mutual TLS from Python, with certificates made at test time."""
 
