@@ -31,7 +31,7 @@ namespace {
 class EmbeddedEngine : public Engine {
  public:
   explicit EmbeddedEngine(int threads) : pool_(threads) {}
-  absl::StatusOr<LayerOutcome> Run(const LayerTask& t, const std::function<void(double)>& progress) override {
+  absl::StatusOr<LayerOutcome> Run(const LayerTask& t, const std::function<void(double, const std::string&)>& progress) override {
     const auto t0 = std::chrono::steady_clock::now();
     RunContext ctx;
     ctx.parallel_for = [this](int64_t n, const std::function<void(int64_t)>& fn) { pool_.ParallelFor(n, fn); };
@@ -40,7 +40,7 @@ class EmbeddedEngine : public Engine {
     LayerStats stats;
     AXEQ_ASSIGN_OR_RETURN(stats, acc.Finish());
     ctx.progress = [&](int64_t done, int64_t total) {
-      if (progress) progress(static_cast<double>(done) / total);
+      if (progress) progress(static_cast<double>(done) / total, "");
     };
     LayerOutcome o;
     o.name = t.name;
@@ -60,15 +60,24 @@ class RemoteEngine : public Engine {
   RemoteEngine(std::unique_ptr<RemoteClient> client, int concurrency)
       : client_(std::move(client)), concurrency_(std::max(1, concurrency)) {}
   int concurrency() const override { return concurrency_; }
-  absl::StatusOr<LayerOutcome> Run(const LayerTask& t, const std::function<void(double)>& progress) override {
+  absl::StatusOr<LayerOutcome> Run(const LayerTask& t, const std::function<void(double, const std::string&)>& progress) override {
     RemoteLayer l{t.name, t.weights};
     l.bias = t.bias ? &*t.bias : nullptr;
     l.x = &t.x;
     l.xq = &t.xq;
     l.activations = t.activations;
     l.options = t.options;
-    auto r = client_->Quantize(l, [&](double f, const std::string&) {
-      if (progress) progress(f);
+    auto r = client_->Quantize(l, [&](double f, const std::string& state) {
+      if (!progress) return;
+      if (state == "UPLOADING") {
+        progress(0.0, absl::StrCat("uploading ", static_cast<int>(100 * f), "%"));
+      } else if (state == "JOB_STATE_RECEIVING") {
+        progress(0.0, "server checking upload");
+      } else if (state == "JOB_STATE_QUEUED") {
+        progress(0.0, "queued");
+      } else {
+        progress(f, "");
+      }
     });
     if (!r.ok()) return r.status();
     LayerOutcome o;
@@ -151,8 +160,10 @@ absl::StatusOr<std::vector<LayerOutcome>> RunQuantizeJob(const SafetensorsFile& 
   std::atomic<bool> failed{false};
   auto worker = [&] {
     for (size_t li; !failed && (li = next.fetch_add(1)) < tasks.size();) {
-      auto cb = [&, li](double f) {
-        if (progress) progress(static_cast<int>(li), static_cast<int>(tasks.size()), names[li], std::min(f, 0.999));
+      auto cb = [&, li](double f, const std::string& phase) {
+        if (progress)
+          progress(static_cast<int>(li), static_cast<int>(tasks.size()), phase.empty() ? names[li] : absl::StrCat(names[li], " (", phase, ")"),
+                   std::min(f, 0.999));
       };
       results[li] = engine->Run(tasks[li], cb);
       if (!results[li].ok()) {

@@ -53,8 +53,10 @@ class Engine {
  public:
   virtual ~Engine() = default;
   virtual int concurrency() const { return 1; }  // layers in flight at once
+  // progress(fraction of the layer, phase): phase is empty while quantizing, else what the
+  // layer is waiting on ("uploading 40%", "queued").
   virtual absl::StatusOr<LayerOutcome> Run(const LayerTask& task,
-                                           const std::function<void(double)>& progress) = 0;
+                                           const std::function<void(double, const std::string&)>& progress) = 0;
 };
 std::unique_ptr<Engine> MakeEmbeddedEngine(int threads);
 class RemoteClient;

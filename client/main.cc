@@ -50,7 +50,7 @@ class ProgressBar {
     total /= layers;
     if (tty_) {
       const int width = 30, filled = static_cast<int>(total * width);
-      std::fprintf(stderr, "\r[%s%s] %5.1f%% %d/%d layers done, %zu in flight  %-32.32s",
+      std::fprintf(stderr, "\r[%s%s] %5.1f%% %d/%d layers done, %zu in flight  %-50.50s",
                    std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(), 100 * total, done,
                    layers, frac_.size() - done, name.c_str());
       if (done == layers) std::fprintf(stderr, "\n");

@@ -173,6 +173,27 @@ absl::StatusOr<RemoteResult> RemoteClient::QuantizeOnce(const RemoteLayer& l,
     h->set_calibration(v1::CALIBRATION_KIND_ROWS);
     h->set_has_xx(l.want_relative_error);
   }
+  // OPTQ reads cross only for the report's relative error, which also needs xx: without xx it
+  // would be uploaded for nothing.
+  const bool cross_used = l.stats && (l.options.algorithm == Algorithm::kGpfq || l.stats->xx.size() != 0);
+  // Upload progress ("UPLOADING", fraction of the bytes), at most every 100 ms and at the end.
+  int64_t total = 4 * (c * k + (l.bias ? c : 0));
+  if (l.stats) {
+    total += 4 * (l.stats->gram.size() + (cross_used ? l.stats->cross.size() : 0) + l.stats->xx.size() +
+                  (h->has_means() ? 2 * k : 0));
+  } else {
+    total += 4 * l.x->size() * (l.xq ? 2 : 1);
+  }
+  int64_t sent = 0;
+  auto last_report = std::chrono::steady_clock::now();
+  auto uploaded = [&](int64_t bytes) {
+    sent += bytes;
+    const auto now = std::chrono::steady_clock::now();
+    if (progress && (sent == total || now - last_report > std::chrono::milliseconds(100))) {
+      progress(total > 0 ? static_cast<double>(sent) / static_cast<double>(total) : 1.0, "UPLOADING");
+      last_report = now;
+    }
+  };
   bool alive = stream->Write(EncodeMessage(req));
   int64_t chunks = 0;
   auto send_tensor = [&](v1::TensorKind kind, const float* data, int64_t n) {
@@ -180,6 +201,7 @@ absl::StatusOr<RemoteResult> RemoteClient::QuantizeOnce(const RemoteLayer& l,
       if (!alive) return;
       alive = stream->Write(EncodeTensorChunk(kind, b / 4, reinterpret_cast<const char*>(data) + b, e - b, &lease));
       ++chunks;
+      uploaded(e - b);
     }
   };
   // The weights go out from the caller's memory when they are contiguous rows.
@@ -194,9 +216,6 @@ absl::StatusOr<RemoteResult> RemoteClient::QuantizeOnce(const RemoteLayer& l,
   send_tensor(v1::TENSOR_KIND_WEIGHT, w, c * k);
   if (l.bias) send_tensor(v1::TENSOR_KIND_BIAS, l.bias->data(), l.bias->size());
   if (l.stats) {
-    // OPTQ reads cross only for the report's relative error, which also needs xx: without xx it
-    // would be uploaded for nothing.
-    const bool cross_used = l.options.algorithm == Algorithm::kGpfq || l.stats->xx.size() != 0;
     if (l.stats->cross.size() && cross_used)
       send_tensor(v1::TENSOR_KIND_CROSS, l.stats->cross.data(), l.stats->cross.size());
     if (l.stats->xx.size()) send_tensor(v1::TENSOR_KIND_XX, l.stats->xx.data(), l.stats->xx.size());
@@ -216,6 +235,7 @@ absl::StatusOr<RemoteResult> RemoteClient::QuantizeOnce(const RemoteLayer& l,
       if (l.xq) rows->set_quant_inputs(reinterpret_cast<const char*>(l.xq->data() + r0 * k), n * row_bytes);
       alive = stream->Write(EncodeMessage(r));
       ++chunks;
+      uploaded(n * row_bytes * (l.xq ? 2 : 1));
     }
   }
   if (alive) {

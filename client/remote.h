@@ -56,7 +56,8 @@ struct RemoteLayer {
 class RemoteClient {
  public:
   static absl::StatusOr<std::unique_ptr<RemoteClient>> Connect(const RemoteOptions& options);
-  // progress(fraction, state name).
+  // progress(fraction, state): "UPLOADING" with the fraction of bytes sent while the upload runs,
+  // then the server's events (JOB_STATE_* names) with the fraction of the sweep.
   absl::StatusOr<RemoteResult> Quantize(const RemoteLayer& layer,
                                         const std::function<void(double, const std::string&)>& progress = {});
   absl::StatusOr<RemoteResult> Fetch(const std::string& job_id,

@@ -130,6 +130,30 @@ TEST(ServerConformance, RemoteEqualsEmbeddedBitForBit) {
       }
 }
 
+TEST(ServerConformance, ProgressCoversTheUploadThenTheJob) {
+  auto srv = Server::Start(Plain());
+  ASSERT_TRUE(srv.ok()) << srv.status();
+  std::mt19937_64 rng(testing::TestSeed(1203));
+  Case c = MakeCase(rng, Algorithm::kGpfq, 0, false);
+  std::vector<std::pair<std::string, double>> events;
+  auto r = ClientFor((*srv)->port())->Quantize(Remote(c), [&](double f, const std::string& s) { events.emplace_back(s, f); });
+  ASSERT_TRUE(r.ok()) << r.status();
+  // Upload progress: non-decreasing, ending at exactly 1, before the job is queued (only the
+  // server's RECEIVING may come earlier); then server states, ending in SUCCEEDED.
+  double prev = 0;
+  size_t done = events.size();
+  for (size_t i = 0; i < events.size(); ++i) {
+    if (events[i].first != "UPLOADING") continue;
+    EXPECT_GE(events[i].second, prev);
+    prev = events[i].second;
+    if (prev == 1.0 && done == events.size()) done = i;
+  }
+  ASSERT_LT(done, events.size()) << "no UPLOADING event reached 1";
+  for (size_t i = 0; i < done; ++i) EXPECT_TRUE(events[i].first == "UPLOADING" || events[i].first == "JOB_STATE_RECEIVING") << events[i].first;
+  for (size_t i = done + 1; i < events.size(); ++i) EXPECT_EQ(events[i].first.rfind("JOB_STATE_", 0), 0u) << events[i].first;
+  EXPECT_EQ(events.back().first, "JOB_STATE_SUCCEEDED");
+}
+
 TEST(ServerConformance, WeightsFromAStridedViewAreSentAsTheirValues) {
   // A layer that is a slice of a larger matrix (outer stride != K): the client cannot lend its
   // rows as one run, so it copies them once; the result equals the contiguous upload.

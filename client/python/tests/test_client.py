@@ -78,8 +78,17 @@ class ClientTest(ServerFixture):
         act = ActivationQuantizer.calibrate(x, 8, percentiles=(0.001, 99.999))
         xq = act.apply(x)
         d = x.shape[0]
+        events = []
         r = self.client.quantize("stats", w, gram=xq.T @ xq / d, cross=xq.T @ x / d, xx=x.T @ x / d,
-                                 samples=d, activation=act, config=Config(accumulator_bits=15))
+                                 samples=d, activation=act, config=Config(accumulator_bits=15),
+                                 progress=lambda state, f: events.append((state, f)))
+        # Upload progress (non-decreasing, ending at exactly 1) is done before the job is queued;
+        # the server's RECEIVING events may interleave with it (the stream is full duplex).
+        uploads = [f for s, f in events if s == "UPLOADING"]
+        self.assertTrue(uploads and uploads[-1] == 1.0 and uploads == sorted(uploads))
+        done = events.index(("UPLOADING", 1.0))
+        self.assertTrue(all(s in ("UPLOADING", "JOB_STATE_RECEIVING") for s, _ in events[:done]))
+        self.assertEqual(events[-1][0], "JOB_STATE_SUCCEEDED")
         ok, safe, _ = r.verify()
         self.assertTrue(ok and safe)
         self.assertLess(r.report["relative_error"], 1.0)
