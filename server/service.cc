@@ -7,10 +7,7 @@
 #include <array>
 #include <chrono>
 #include <cstring>
-#include <iostream>
 #include <future>
-#include <mutex>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "axeq/v1/axeq.grpc.pb.h"
