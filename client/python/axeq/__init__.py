@@ -3,10 +3,11 @@ with overflow certificates. numpy-level API; see axeq.torch for the PyTorch help
 from .certificate import compute_certificate, verify_certificate, codes_sha256
 from .client import Client, LayerResult, ServerError
 from .config import ActivationQuantizer, Config
-from .safetensors import read_safetensors, write_safetensors, read_result, write_result
+from .safetensors import read_safetensors, write_safetensors
+from .result import read_result, write_result, verify_results
 
 __all__ = [
     "Client", "LayerResult", "ServerError", "Config", "ActivationQuantizer", "compute_certificate",
-    "verify_certificate", "codes_sha256", "read_safetensors", "write_safetensors", "read_result",
+    "verify_certificate", "codes_sha256", "verify_results", "read_safetensors", "write_safetensors", "read_result",
     "write_result",
 ]

@@ -3,12 +3,12 @@ arrays (calibration rows or statistics), stream progress, get codes, scales, rep
 back, submit many layers concurrently, and resume by job id."""
 from __future__ import annotations
 
+import json
 import random
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Callable
 
 import grpc
 import numpy as np
@@ -34,27 +34,7 @@ class ServerError(RuntimeError):
         self.code, self.details = code, details
 
 
-@dataclass
-class LayerResult:
-    name: str
-    job_id: str
-    codes: np.ndarray            # int8 [C, K]
-    scales: np.ndarray           # float32 [C, groups]
-    bias: Optional[np.ndarray]   # corrected bias [C] or None
-    activation: ActivationQuantizer
-    report: dict
-    certificate: dict
-
-    def dequantized(self) -> np.ndarray:
-        g = self.scales.shape[1]
-        k = self.codes.shape[1]
-        size = k if g == 1 else -(-k // g)
-        s = np.repeat(self.scales, size, axis=1)[:, :k]
-        return (self.codes.astype(np.float32) * s).astype(np.float32)
-
-    def verify(self):
-        """Re-checks the certificate locally from the codes (never trusts the server)."""
-        return verify_certificate(self.codes, self.certificate)
+from .result import LayerResult  # noqa: E402  (defined in axeq.result)
 
 
 def _varint(v: int) -> bytes:
@@ -98,11 +78,36 @@ def _cert_dict(c) -> dict:
     }
 
 
+class QuantizeManyError(RuntimeError):
+    """Some layers of quantize_many failed. .results holds every layer's LayerResult in the order
+    given (None where it failed); .failures maps the failed layers' names to their errors."""
+
+    def __init__(self, results, failures):
+        detail = "; ".join(f"{n}: {e}" for n, e in list(failures.items())[:5])
+        super().__init__(f"{len(failures)} of {len(results)} layers failed: {detail}")
+        self.results, self.failures = results, failures
+
+
 class Client:
+    """A connection to axeq-server, or to several replicas behind one gRPC target.
+
+    address: any gRPC target: "host:port", "dns:///axeq-headless:50051" (every address the name
+    resolves to), "ipv4:127.0.0.1:5001,127.0.0.1:5002". lb_policy: gRPC's load-balancing policy,
+    "round_robin" by default so that concurrent layers spread over the replicas (None: gRPC's
+    pick_first); a "grpc.service_config" or "grpc.lb_policy_name" in `options` (extra channel
+    arguments) wins. UNAVAILABLE and RESOURCE_EXHAUSTED are retried with exponential backoff
+    (0.25 s doubling to 8 s, jittered) for up to retry_seconds in all (default 120 s: longer than a
+    pod restart), resubmitting under the same idempotency key; `retries` caps the attempts."""
+
     def __init__(self, address: str, *, tls: bool = False, ca_file: str | None = None,
                  cert_file: str | None = None, key_file: str | None = None, server_name: str | None = None,
-                 token: str | None = None, deadline: float = 3600.0, retries: int = 5):
+                 token: str | None = None, deadline: float = 3600.0, retries: int | None = None,
+                 retry_seconds: float = 120.0, lb_policy: str | None = "round_robin", options=()):
         opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 8 << 20)]
+        given = {k for k, _ in options}
+        if lb_policy and not given & {"grpc.service_config", "grpc.lb_policy_name"}:
+            opts.append(("grpc.service_config", json.dumps({"loadBalancingConfig": [{lb_policy: {}}]})))
+        opts = [o for o in opts if o[0] not in given] + list(options)
         if tls or ca_file:
             read = lambda p: open(p, "rb").read() if p else None
             creds = grpc.ssl_channel_credentials(read(ca_file), read(key_file), read(cert_file))
@@ -117,7 +122,8 @@ class Client:
         self._quantize_raw = self._channel.stream_stream(
             "/axeq.v1.Quantizer/Quantize", request_serializer=bytes, response_deserializer=pb.JobEvent.FromString)
         self._metadata = [("authorization", f"Bearer {token}")] if token else []
-        self.deadline, self.retries = deadline, max(1, retries)
+        self.deadline, self.retry_seconds = deadline, retry_seconds
+        self.retries = None if retries is None else max(1, retries)
 
     def close(self):
         self._channel.close()
@@ -135,8 +141,8 @@ class Client:
                  relative_error: bool = True, detach: bool = False, idempotency_key: str | None = None,
                  progress: Callable[[str, float], None] | None = None) -> LayerResult:
         """Quantizes weight [C, K]. Calibration is either rows (inputs X [D, K] and optionally
-        quant_inputs X~; without X~ the server applies `activation`, which defaults to a min/max fit
-        of X) or statistics (gram = X~^T X~ / D, cross = X~^T X / D, optional xx, means, samples=D).
+        quant_inputs X~; without X~ the server applies `activation`, which defaults to a fit of X by
+        config.act_range) or statistics (gram = X~^T X~ / D, cross = X~^T X / D, optional xx, means, samples=D).
         Retries UNAVAILABLE / RESOURCE_EXHAUSTED with backoff under one idempotency key.
         progress(state, fraction) gets "UPLOADING" with the fraction of bytes sent, then the
         server's JobState names with the fraction of the sweep."""
@@ -152,7 +158,8 @@ class Client:
         if activation is None:
             if inputs is None:
                 raise ValueError("statistics uploads need the activation quantizer that produced X~")
-            activation = ActivationQuantizer.calibrate(inputs, config.input_bits, config.signed_inputs)
+            activation = ActivationQuantizer.calibrate(inputs, config.input_bits, config.signed_inputs,
+                                                       config.act_percentiles, config.act_range)
         header = pb.LayerHeader(layer_name=name, output_channels=c, inputs=k, config=config.to_proto(pb),
                                 activations=activation.to_proto(pb), has_bias=b is not None, detach=detach,
                                 idempotency_key=idempotency_key or f"{name}/{uuid.uuid4().hex}")
@@ -245,26 +252,47 @@ class Client:
                  "created_unix_ms": j.created_unix_ms} for j in r.jobs]
 
     # -- many layers -----------------------------------------------------------------------------
-    def quantize_many(self, layers: list[dict], max_concurrency: int = 4, progress=None) -> list[LayerResult]:
-        """Quantizes independent layers concurrently; each dict holds quantize()'s arguments."""
+    def quantize_many(self, layers: list[dict], max_concurrency: int = 4, progress=None,
+                      on_result: Callable[[LayerResult], None] | None = None) -> list[LayerResult]:
+        """Quantizes independent layers concurrently (spread over replicas by the channel's
+        load-balancing policy); each dict holds quantize()'s arguments. Returns the results in the
+        order given. progress(name, state, fraction) as quantize's; on_result(result) as each layer
+        finishes (from a worker thread). When layers fail, the others still run to the end and
+        QuantizeManyError carries every finished result and each failure."""
         def one(spec):
             spec = dict(spec)
             name = spec.pop("name")
             cb = (lambda s, f, n=name: progress(n, s, f)) if progress else None
-            return self.quantize(name, spec.pop("weight"), progress=cb, **spec)
+            r = self.quantize(name, spec.pop("weight"), progress=cb, **spec)
+            if on_result:
+                on_result(r)
+            return r
+        results, failures = [None] * len(layers), {}
         with ThreadPoolExecutor(max_workers=max(1, max_concurrency)) as ex:
-            return list(ex.map(one, layers))
+            futures = {ex.submit(one, spec): i for i, spec in enumerate(layers)}
+            for f in as_completed(futures):
+                i = futures[f]
+                try:
+                    results[i] = f.result()
+                except Exception as e:  # noqa: BLE001 - reported below, with the finished siblings
+                    failures[layers[i]["name"]] = e
+        if failures:
+            raise QuantizeManyError(results, failures)
+        return results
 
     # -- internals -------------------------------------------------------------------------------
     def _with_retries(self, call):
-        delay = 0.25
-        for attempt in range(self.retries):
+        delay, give_up, attempt = 0.25, time.monotonic() + self.retry_seconds, 0
+        while True:
+            attempt += 1
             try:
                 return call()
             except ServerError as e:
-                if e.code not in _RETRYABLE or attempt + 1 == self.retries:
+                wait = max(delay, getattr(e, "retry_after", 0)) + random.random() * 0.25
+                if (e.code not in _RETRYABLE or (self.retries and attempt >= self.retries)
+                        or time.monotonic() + wait > give_up):
                     raise
-                time.sleep(max(delay, getattr(e, "retry_after", 0)) + random.random() * 0.25)
+                time.sleep(wait)
                 delay = min(delay * 2, 8.0)
 
     def _collect(self, stream, progress) -> LayerResult:
