@@ -6,6 +6,10 @@
 
 #include <random>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include "core/bounds.h"
 #include "core/l1_projection.h"
 #include "core/layer.h"
@@ -145,7 +149,7 @@ TEST(Optq, PreparedFactorGivesIdenticalCodes) {
     auto prepared = QuantizeLayer(layer.weights, nullptr, with, o, ctx);
     ASSERT_TRUE(prepared.ok());
     EXPECT_EQ(prepared->codes, plain->codes);
-    EXPECT_EQ(prepared->damping, plain->damping);
+    EXPECT_EQ(prepared->run.damping, plain->run.damping);
     o.act_order = false;  // a factor made for other options is ignored, not misused
     auto other = QuantizeLayer(layer.weights, nullptr, with, o, ctx);
     auto other_plain = QuantizeLayer(layer.weights, nullptr, stats, o, ctx);
@@ -251,10 +255,50 @@ TEST(Optq, DampingRetriesOnIndefiniteHessian) {
   o.method = Method::kBase;
   auto r = QuantizeLayer(w, nullptr, stats, o);
   ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_GT(r->damping_retries, 0);
+  EXPECT_GT(r->run.damping_retries, 0);
   o.max_damping_retries = 0;
   EXPECT_EQ(QuantizeLayer(w, nullptr, stats, o).status().code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+// Recycled heap memory in a long-running server holds arbitrary bytes (0xFF..FF is a NaN): the
+// factorization must neither read nor check memory it did not write. glibc's M_PERTURB fills every
+// new allocation with 0xFF, deterministically (the "Hessian is not positive definite" of issue 10).
+TEST(Optq, FactorDoesNotDependOnUninitialisedMemory) {
+#if defined(__GLIBC__)
+  std::mt19937_64 rng(TestSeed(107));
+  const int64_t k = 600;  // > one 256-column factor block, so off-diagonal blocks exist
+  std::normal_distribution<float> normal;
+  MatrixXf x(2 * k, k);
+  for (int64_t i = 0; i < x.size(); ++i) x.data()[i] = normal(rng);
+  MatrixXf gram = (x.transpose() * x / static_cast<float>(2 * k)).eval();
+  for (auto precision : {Precision::kFloat32, Precision::kFloat64}) {
+    LayerOptions o;
+    o.precision = precision;
+    auto clean = PrepareOptq(gram, o, {});
+    ASSERT_TRUE(clean.ok()) << clean.status();
+    ASSERT_EQ(mallopt(M_PERTURB, 0x100), 1);  // new blocks: every byte ~0x00 = 0xFF
+    auto poisoned = PrepareOptq(gram, o, {});
+    mallopt(M_PERTURB, 0);
+    ASSERT_TRUE(poisoned.ok()) << poisoned.status();
+    EXPECT_EQ((*poisoned)->damping_retries, 0);
+    EXPECT_EQ((*clean)->damping_retries, 0);
+    // The sweep reads the upper triangle of U only: it must be the same bits.
+    if (precision == Precision::kFloat32) {
+      MatrixXf a = (*clean)->u32.triangularView<Eigen::Upper>();
+      MatrixXf b = (*poisoned)->u32.triangularView<Eigen::Upper>();
+      EXPECT_TRUE(a.allFinite());
+      EXPECT_EQ(a, b);
+    } else {
+      MatrixXd a = (*clean)->u64.triangularView<Eigen::Upper>();
+      MatrixXd b = (*poisoned)->u64.triangularView<Eigen::Upper>();
+      EXPECT_TRUE(a.allFinite());
+      EXPECT_EQ(a, b);
+    }
+  }
+#else
+  GTEST_SKIP() << "needs glibc's M_PERTURB";
+#endif
 }
 
 }  // namespace

@@ -54,13 +54,15 @@ bool BlockedCholesky(MatS<S>& a, const RunContext& ctx) {
   return true;
 }
 
-// Returns the inverse of the lower-triangular l (lower triangle read): column chunks of L X = I are
-// independent triangular solves, K^3/3 flops in all, run through ctx.
+// Returns the inverse of the lower-triangular l (lower triangle read), with its strictly upper
+// triangle zero (never left unwritten: recycled heap memory may hold NaN patterns, issue 10).
+// Column chunks of L X = I are independent triangular solves, K^3/3 flops in all, run through ctx.
 template <typename S>
 MatS<S> LowerInverse(const MatS<S>& l, const RunContext& ctx) {
   const int64_t n = l.rows();
-  MatS<S> x(n, n);  // only the lower triangle is written and read
+  MatS<S> x(n, n);  // every entry is written: callers check allFinite() over all of it
   ForChunks(n, kFactorBlock, ctx, [&](int64_t c0, int64_t len) {
+    x.block(0, c0, c0, len).setZero();  // above the chunk's diagonal block: L^-1 is lower
     auto block = x.block(c0, c0, n - c0, len);
     block.topRows(len).setIdentity();
     block.bottomRows(n - c0 - len).setZero();  // right-hand side: columns c0.. of I
@@ -89,7 +91,7 @@ absl::StatusOr<RowMatS<S>> UpperFactorOfInverse(const MatS<S>& h, double damping
     if (!factored) continue;
     MatS<S> linv = LowerInverse<S>(rev, ctx);
     if (!linv.allFinite()) continue;
-    // u(i, j) = linv(k-1-i, k-1-j), upper triangle only (the sweep never reads the lower one);
+    // u(i, j) = linv(k-1-i, k-1-j) on and above the diagonal (the sweep reads only those);
     // row-major because the sweep reads rows of U. Tiled so both sides stay in cache.
     RowMatS<S> u(k, k);
     constexpr int64_t kTile = 64;
@@ -98,6 +100,7 @@ absl::StatusOr<RowMatS<S>> UpperFactorOfInverse(const MatS<S>& h, double damping
         for (int64_t j = jb; j < std::min(k, jb + kTile); ++j)
           for (int64_t i = ib; i < std::min({k, ib + kTile, j + 1}); ++i)
             u(i, j) = linv(k - 1 - i, k - 1 - j);
+    u.template triangularView<Eigen::StrictlyLower>().setZero();  // defined bits, never read
     *eta_used = eta;
     *retries = attempt;
     return u;
