@@ -1,6 +1,9 @@
 # axeq-server image: build stage (Debian 12 toolchain + gRPC) then a slim runtime with only the
 # shared libraries, running as a non-root user. Without a registry, pass a local base:
 #   podman build --isolation=chroot --build-arg BASE=localhost/debian:bookworm-local -t axeq-server .
+# The default command serves TLS with bearer tokens from /etc/axeq (mount the secrets there, as
+# deploy/k8s does); without those files the server exits with "cannot read ...". Plaintext only when
+# asked: pass your own arguments including --insecure (deploy/smoke-test.sh does).
 ARG BASE=debian:bookworm
 FROM ${BASE} AS build
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
@@ -17,10 +20,11 @@ COPY formats formats
 COPY server server
 COPY client client
 COPY tests tests
+COPY deploy/health deploy/health
 # Portable binaries (no -march=native): the image may run on other CPUs than the builder.
 RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DAXEQ_NATIVE=OFF -DAXEQ_BUILD_BENCH=OFF \
-    && cmake --build build -j"$(nproc)" --target axeq-server axeq \
-    && strip build/server/axeq-server build/client/axeq
+    && cmake --build build -j"$(nproc)" --target axeq-server axeq axeq-health-probe \
+    && strip build/server/axeq-server build/client/axeq build/deploy/health/axeq-health-probe
 
 FROM ${BASE} AS runtime
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
@@ -28,11 +32,13 @@ RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-ins
       libprometheus-cpp-pull1.0 ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /var/lib/axeq --create-home axeq
-COPY --from=build /src/build/server/axeq-server /src/build/client/axeq /usr/local/bin/
+COPY --from=build /src/build/server/axeq-server /src/build/client/axeq \
+     /src/build/deploy/health/axeq-health-probe /usr/local/bin/
 USER 10001:10001
 WORKDIR /var/lib/axeq
 # gRPC, Prometheus metrics
 EXPOSE 50051 9464
 VOLUME ["/var/lib/axeq/results"]
 ENTRYPOINT ["/usr/local/bin/axeq-server"]
-CMD ["--address", "0.0.0.0:50051", "--metrics-address", "0.0.0.0:9464", "--results-dir", "/var/lib/axeq/results", "--insecure"]
+CMD ["--address", "0.0.0.0:50051", "--metrics-address", "0.0.0.0:9464", "--results-dir", "/var/lib/axeq/results", \
+     "--tls-cert", "/etc/axeq/tls/tls.crt", "--tls-key", "/etc/axeq/tls/tls.key", "--tokens-file", "/etc/axeq/auth/tokens"]
