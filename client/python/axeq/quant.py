@@ -27,7 +27,6 @@ from .result import LayerResult, _read, write_result
 
 MODES = ("fake", "integer")
 OVERFLOW = ("wrap", "saturate")
-_CHUNK_ELEMENTS = 1 << 23  # D x C x K products per chunk
 
 
 def _register(bits: int, twos: bool):
@@ -35,68 +34,104 @@ def _register(bits: int, twos: bool):
     return (-hi - 1 if twos else -hi), hi
 
 
-def _wrap_scan(terms, valid, bits, twos):
-    """Adds terms [..., n] in order into a wrapping `bits`-bit register. The register after step i
-    is the exact prefix sum S_i reduced once mod 2^P; step i overflows iff S_i - 2^P k_(i-1) is out of
-    range, k_i = floor((S_i + 2^(P-1)) / 2^P). Returns (final value [...], events [...])."""
+def _scan(term, m, valid, bits, twos, overflow):
+    """Adds term(0), ..., term(m - 1) (each [n] int64) in order into a `bits`-bit register that
+    wraps (two's complement: reduced into [-2^(P-1), 2^(P-1) - 1]) or saturates (clamped to the
+    register's range) whenever a partial sum leaves the range [lo, hi] (symmetric or two's
+    complement). valid(j) ([n] bool or None) skips padding. Returns (value, events), [n] each."""
     lo, hi = _register(bits, twos)
-    half, span = 1 << (bits - 1), 1 << bits
-    s = torch.cumsum(terms, dim=-1)
-    k = torch.div(s + half, span, rounding_mode="floor")
-    prev = torch.cat((torch.zeros_like(k[..., :1]), k[..., :-1]), dim=-1)
-    pre = s - span * prev
-    events = (((pre < lo) | (pre > hi)) & valid).sum(dim=-1)
-    return s[..., -1] - span * k[..., -1], events
-
-
-def _saturate_scan(terms, valid, bits, twos):
-    """Adds terms [..., n] in order into a saturating register (every partial sum clamped)."""
-    lo, hi = _register(bits, twos)
-    acc = torch.zeros(terms.shape[:-1], dtype=torch.int64)
-    events = torch.zeros_like(acc)
-    for j in range(terms.shape[-1]):
-        s = acc + terms[..., j]
-        events += ((s < lo) | (s > hi)) & valid[..., j]
-        acc = s.clamp(lo, hi)
+    half, mask = 1 << (bits - 1), (1 << bits) - 1
+    acc = events = None
+    for j in range(m):
+        t = term(j)
+        if acc is None:
+            acc, events = torch.zeros_like(t), torch.zeros_like(t)
+        s = acc + t
+        out = (s < lo) | (s > hi)
+        ok = None if valid is None else valid(j)
+        if ok is not None:
+            out &= ok
+            s = torch.where(ok, s, acc)
+        events += out
+        acc = s.clamp(lo, hi) if overflow == "saturate" else torch.where(out, ((s + half) & mask) - half, s)
     return acc, events
+
+
+def _pos_neg(x, q):
+    """Per (row, channel, tile): the sums of the positive and of the negative products, [D, C, tiles]
+    each, in float64 (exact: every product is below 2^23 and K < 2^30). Every partial sum of the
+    tile, in any order, lies between them."""
+    xp, xn, qp, qn = x.clamp(min=0), (-x).clamp(min=0), q.clamp(min=0), (-q).clamp(min=0)
+    pos = torch.einsum("dnt,cnt->dcn", xp, qp)
+    neg = torch.einsum("dnt,cnt->dcn", xp, qn)
+    if bool((xn > 0).any()):
+        pos += torch.einsum("dnt,cnt->dcn", xn, qn)
+        neg += torch.einsum("dnt,cnt->dcn", xn, qp)
+    return pos, -neg
+
+
+def _columns(a):
+    """[A, B, m] -> [m, A * B] contiguous: column j of every (a, b) row as one vector."""
+    return a.permute(2, 0, 1).reshape(a.shape[2], -1).contiguous()
+
+
+def _stage(x, q, pos, neg, exact, bits, twos, overflow, valid=None):
+    """One register stage over D x C dot products of m terms each: x [D, tiles, m] and q [C, tiles, m]
+    (int64; the terms are x * q) or q None and x [D, C, m] (the terms themselves). Only the dot
+    products whose positive or negative part leaves the register (pos > hi or neg < lo) can
+    overflow; they are scanned in order, the others are exact. Returns (value, events) like exact."""
+    lo, hi = _register(bits, twos)
+    value, events = exact.clone(), torch.zeros_like(exact)
+    idx = ((pos > hi) | (neg < lo)).nonzero(as_tuple=True)
+    if not idx[0].numel():
+        return value, events
+    m = x.shape[2]
+    if q is None:  # outer stage: x holds the tile values [D, C, tiles]
+        cols, r = _columns(x), idx[0] * x.shape[1] + idx[1]
+        term = lambda j: cols[j][r]
+    else:
+        tiles = x.shape[1]
+        xc, qc = _columns(x), _columns(q)
+        ix, iq = idx[0] * tiles + idx[2], idx[1] * tiles + idx[2]
+        term = lambda j: xc[j][ix] * qc[j][iq]
+    ok = None if valid is None else (lambda j: valid[idx[2], j])
+    v, e = _scan(term, m, ok, bits, twos, overflow)
+    value[idx], events[idx] = v, e
+    return value, events
 
 
 def datapath(x_codes: torch.Tensor, codes: torch.Tensor, accumulator_bits: int, tile_size: int = 0,
              outer_bits: int = 0, overflow: str = "wrap", twos_complement: bool = True):
     """Integer dot products of input codes [D, K] with weight codes [C, K] through the register
-    model above. outer_bits 0 = a wide outer register (no overflow); monolithic rows (T >= K) have
-    no outer register. Returns (out [D, C], exact [D, C], events [D, C]), all int64."""
+    model above (core/simulate.cc): products added in input order into a P-bit register per tile of
+    T inputs, tile sums into an outer register of outer_bits (0 = wide; monolithic rows have no
+    outer register). Dot products whose positive and negative parts both fit the register cannot
+    overflow and skip the sequential scan. Returns (out [D, C], exact [D, C], events [D, C]), int64."""
     if overflow not in OVERFLOW:
         raise ValueError(f"overflow must be one of {OVERFLOW}, got {overflow!r}")
     if not 2 <= accumulator_bits <= 62 or not (outer_bits == 0 or 2 <= outer_bits <= 62):
         raise ValueError(f"register widths must be in 2..62 (outer: 0 = wide), got {accumulator_bits}, {outer_bits}")
     d, k = x_codes.shape
     c = codes.shape[0]
+    if k >= 1 << 30 or (x_codes.numel() and int(x_codes.abs().max()) > 1 << 16):
+        raise ValueError("input codes must be within 2^16 in magnitude and K < 2^30")
     t = effective_tile(tile_size, k)
     tiles = -(-k // t)
-    scan = _wrap_scan if overflow == "wrap" else _saturate_scan
-    q = codes.to(torch.int64)
-    valid = torch.zeros(tiles * t, dtype=torch.bool)
-    valid[:k] = True
-    valid = valid.view(tiles, t)
-    outs, exacts, evs = [], [], []
-    step = max(1, _CHUNK_ELEMENTS // max(1, c * tiles * t))
-    for d0 in range(0, d, step):
-        x = x_codes[d0:d0 + step].to(torch.int64)
-        terms = torch.zeros((x.shape[0], c, tiles * t), dtype=torch.int64)
-        terms[:, :, :k] = x[:, None, :] * q[None, :, :]
-        terms = terms.view(x.shape[0], c, tiles, t)
-        vals, ev = scan(terms, valid, accumulator_bits, twos_complement)
-        ev = ev.sum(dim=-1)
-        if tiles == 1 or outer_bits == 0:
-            out = vals.sum(dim=-1)
-        else:
-            out, ev_o = scan(vals, torch.ones(tiles, dtype=torch.bool), outer_bits, twos_complement)
-            ev = ev + ev_o
-        outs.append(out)
-        exacts.append(terms.sum(dim=(-1, -2)))
-        evs.append(ev)
-    return torch.cat(outs), torch.cat(exacts), torch.cat(evs)
+    x = torch.zeros((d, tiles * t), dtype=torch.int64)
+    x[:, :k] = x_codes.to(torch.int64)
+    q = torch.zeros((c, tiles * t), dtype=torch.int64)
+    q[:, :k] = codes.to(torch.int64)
+    x, q = x.view(d, tiles, t), q.view(c, tiles, t)
+    pos, neg = _pos_neg(x.double(), q.double())
+    exact_tiles = (pos + neg).to(torch.int64)
+    valid = None if k % t == 0 else torch.arange(tiles * t).view(tiles, t) < k
+    vals, events = _stage(x, q, pos, neg, exact_tiles, accumulator_bits, twos_complement, overflow, valid)
+    events, exact = events.sum(dim=-1), exact_tiles.sum(dim=-1)
+    if tiles == 1 or outer_bits == 0:
+        return vals.sum(dim=-1), exact, events
+    out, ev_o = _stage(vals, None, vals.clamp(min=0).sum(dim=-1).double(), vals.clamp(max=0).sum(dim=-1).double(),
+                       vals.sum(dim=-1), outer_bits, twos_complement, overflow)
+    return out, exact, events + ev_o
 
 
 class QuantLinear(nn.Module):
@@ -115,6 +150,8 @@ class QuantLinear(nn.Module):
         self.register_buffer("scales", torch.from_numpy(np.ascontiguousarray(r.scales, dtype=np.float32)))
         self.register_buffer("bias", None if r.bias is None else torch.from_numpy(np.asarray(r.bias, np.float32)))
         self.register_buffer("weight", torch.from_numpy(r.dequantized()))
+        self.register_buffer("weight64", self.codes.double() * self.scales.double().repeat_interleave(
+            self.group_size or self.in_features, dim=1)[:, :self.in_features], persistent=False)
         self.register_buffer("code_sums", self.codes.to(torch.int64).sum(dim=1))
         self.certified = False
         self.set_datapath(mode, accumulator_bits, tile_size, outer_bits, overflow, twos_complement)
@@ -169,12 +206,12 @@ class QuantLinear(nn.Module):
         x2 = x.reshape(-1, shape[-1])
         a = self.activation
         codes = self.input_codes(x2)
-        if self.mode == "fake":
-            y = (np.float32(a.scale) * (codes - a.zero_point)) @ self.weight.t()
+        if self.mode == "fake":  # float64: differs from the exact integer datapath by rounding only
+            y = ((codes.double() - a.zero_point) * float(np.float32(a.scale))) @ self.weight64.t()
         else:
             y = self._integer(codes)
         if self.bias is not None:
-            y = y + self.bias
+            y = y + self.bias.double()
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
     def _integer(self, codes: torch.Tensor) -> torch.Tensor:
@@ -187,7 +224,7 @@ class QuantLinear(nn.Module):
         self._count(acc, exact, events)
         a = self.activation
         corrected = (acc - a.zero_point * self.code_sums[None, :]).to(torch.float64)
-        return (corrected * (float(np.float32(a.scale)) * self.scales[:, 0].to(torch.float64))).to(torch.float32)
+        return corrected * (float(np.float32(a.scale)) * self.scales[:, 0].to(torch.float64))
 
     def _count(self, acc, exact, events):
         c = self.counters
