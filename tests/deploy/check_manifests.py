@@ -12,7 +12,10 @@ import shutil
 import subprocess
 import sys
 
-import yaml
+try:
+    import yaml
+except ImportError:
+    sys.exit("FAIL: PyYAML is missing; install python3-yaml (scripts/setup.sh lists it)")
 
 from breakages import self_test
 from checks import (check_base_files, check_dockerfile, check_flags, check_images_and_tls, check_network_policy,
