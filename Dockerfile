@@ -12,19 +12,15 @@ RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-ins
       grpc-proto prometheus-cpp-dev ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY CMakeLists.txt ./
-COPY cmake cmake
-COPY core core
-COPY proto proto
-COPY formats formats
-COPY server server
-COPY client client
-COPY tests tests
-COPY deploy/health deploy/health
+# The whole tree (.dockerignore drops build trees, .git, docs, examples, bench): every folder the root
+# CMakeLists.txt adds is there, whatever the layout.
+COPY . .
 # Portable binaries (no -march=native): the image may run on other CPUs than the builder.
 RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DAXEQ_NATIVE=OFF -DAXEQ_BUILD_BENCH=OFF \
     && cmake --build build -j"$(nproc)" --target axeq-server axeq axeq-health-probe \
-    && strip build/server/axeq-server build/client/axeq build/deploy/health/axeq-health-probe
+    && mkdir /out && for t in axeq-server axeq axeq-health-probe; do \
+         cp "$(find build -type f -name "$t" -perm -u+x | head -n1)" /out/; done \
+    && strip /out/*
 
 FROM ${BASE} AS runtime
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
@@ -32,8 +28,7 @@ RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-ins
       libprometheus-cpp-pull1.0 ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /var/lib/axeq --create-home axeq
-COPY --from=build /src/build/server/axeq-server /src/build/client/axeq \
-     /src/build/deploy/health/axeq-health-probe /usr/local/bin/
+COPY --from=build /out/ /usr/local/bin/
 USER 10001:10001
 WORKDIR /var/lib/axeq
 # gRPC, Prometheus metrics

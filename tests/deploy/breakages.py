@@ -1,6 +1,7 @@
 """Deliberately broken copies of rendered objects, one per property: each checker in checks.py must
 reject its breakage, or the test that relies on it could never fail."""
 import copy
+import re
 
 from checks import (check_dockerfile, check_flags, check_images_and_tls, check_network_policy, check_probes, check_resources,
                     check_security, check_topology, of_kind)
@@ -55,9 +56,10 @@ def self_test(objs, dockerfile, cmakelists, dockerignore):
     missed = []
     image = (dockerfile, cmakelists, dockerignore)
     for what, broken in [
-            ("deploy/health not copied", (dockerfile.replace("COPY deploy", "# COPY deploy"), cmakelists, dockerignore)),
+            ("deploy/health not copied", (re.sub(r"^COPY (\.|deploy\S*) .*$", "COPY core core", dockerfile, flags=re.M), cmakelists, dockerignore)),
             ("deploy ignored", (dockerfile, cmakelists, dockerignore + "\ndeploy\n")),
             ("probe not shipped", (dockerfile.replace("axeq-health-probe", "axeq-healthprobe"), cmakelists, dockerignore)),
+            ("runs as root", (dockerfile.replace("USER 10001:10001", "USER root"), cmakelists, dockerignore)),
             ("CMD --insecure", (dockerfile.replace('CMD ["', 'CMD ["--insecure", "'), cmakelists, dockerignore))]:
         if check_dockerfile(*image):
             missed.append(f"check_dockerfile rejects the unbroken Dockerfile: {check_dockerfile(*image)}")

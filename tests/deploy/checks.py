@@ -266,10 +266,13 @@ def check_dockerfile(dockerfile, cmakelists, dockerignore=""):
     for d in re.findall(r"^\s*add_subdirectory\((\S+?)\)", cmakelists, re.M):
         if d == "bench" and "AXEQ_BUILD_BENCH=OFF" in dockerfile:
             continue
-        if not any(d == c or d.startswith(c.rstrip("/") + "/") for c in copied) or d.split("/")[0] in ignored:
+        if not any(c in (".", "./") or d == c or d.startswith(c.rstrip("/") + "/") for c in copied) or d.split("/")[0] in ignored:
             bad.append(f"Dockerfile does not copy {d}/, which CMakeLists.txt adds")
-    if not re.search(r"^COPY --from=\S+ .*axeq-health-probe", dockerfile, re.M):
+    if not re.search(r"--target [^\n]*axeq-health-probe", dockerfile) or not re.search(r"^COPY --from=", dockerfile, re.M):
         bad.append("Dockerfile's runtime image lacks axeq-health-probe (the probes exec it)")
+    users = re.findall(r"^USER\s+(\S+)", dockerfile, re.M)
+    if not users or users[-1].split(":")[0] in ("0", "root"):
+        bad.append("Dockerfile's final USER is missing or root")
     cmds = re.findall(r"^CMD\s+(\[.*\])\s*$", dockerfile, re.M)
     cmd = json.loads(cmds[-1]) if cmds else []
     if "--insecure" in cmd or not all(f in cmd for f in ("--tls-cert", "--tls-key", "--tokens-file")):
