@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -56,16 +57,77 @@ MatrixXf Dequantize(const Eigen::Ref<const MatrixXi8>& codes,
   return w;
 }
 
+namespace {
+
+// One value through the quantizer: the single definition Apply and MeanSquaredError share.
+struct FakeQuant {
+  explicit FakeQuant(const ActivationQuantizer& q)
+      : lo(static_cast<float>(q.spec.min_code())),
+        hi(static_cast<float>(q.spec.max_code())),
+        zp(static_cast<float>(q.zero_point)),
+        inv(1.0f / q.scale),
+        scale(q.scale) {}
+  float operator()(float x) const { return scale * (std::clamp(std::nearbyint(x * inv) + zp, lo, hi) - zp); }
+  float lo, hi, zp, inv, scale;
+};
+
+}  // namespace
+
 MatrixXf ActivationQuantizer::Apply(const Eigen::Ref<const MatrixXf>& x) const {
-  const float lo = static_cast<float>(spec.min_code()), hi = static_cast<float>(spec.max_code());
-  const float zp = static_cast<float>(zero_point), inv = 1.0f / scale;
+  const FakeQuant f(*this);
   MatrixXf out(x.rows(), x.cols());
   for (int64_t r = 0; r < x.rows(); ++r)
-    for (int64_t c = 0; c < x.cols(); ++c) {
-      const float code = std::clamp(std::nearbyint(x(r, c) * inv) + zp, lo, hi);
-      out(r, c) = scale * (code - zp);
-    }
+    for (int64_t c = 0; c < x.cols(); ++c) out(r, c) = f(x(r, c));
   return out;
+}
+
+double ActivationQuantizer::MeanSquaredError(const float* x, int64_t n) const {
+  if (n <= 0) return 0.0;
+  const FakeQuant f(*this);
+  // Eight fixed lanes (value i goes to lane i % 8), added in lane order: deterministic and fast.
+  constexpr int kLanes = 8;
+  double lane[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      const double e = static_cast<double>(x[i + j]) - static_cast<double>(f(x[i + j]));
+      lane[j] += e * e;
+    }
+  for (int j = 0; i < n; ++i, ++j) {
+    const double e = static_cast<double>(x[i]) - static_cast<double>(f(x[i]));
+    lane[j] += e * e;
+  }
+  double sum = 0;
+  for (double l : lane) sum += l;
+  return sum / static_cast<double>(n);
+}
+
+const char* ActivationRangeName(ActivationRange r) {
+  switch (r) {
+    case ActivationRange::kMinMax: return "minmax";
+    case ActivationRange::kPercentile: return "percentile";
+    case ActivationRange::kMse: return "mse";
+  }
+  return "unknown";
+}
+
+ActivationQuantizer QuantizerForRange(double lo, double hi, const InputSpec& spec) {
+  ActivationQuantizer q;
+  q.spec = spec;
+  const double max_code = static_cast<double>(spec.max_code());
+  double scale = 1.0;
+  if (spec.is_signed) {
+    const double m = std::max(std::abs(lo), std::abs(hi));
+    if (m > 0) scale = m / max_code;
+  } else {
+    lo = std::min(lo, 0.0);  // the range must hold 0 exactly (the zero-point is an integer code)
+    hi = std::max(hi, 0.0);
+    if (hi > lo) scale = (hi - lo) / max_code;
+    q.zero_point = static_cast<int32_t>(std::clamp(std::nearbyint(-lo / scale), 0.0, max_code));
+  }
+  q.scale = static_cast<float>(scale);
+  if (!(q.scale > 0.0f) || !std::isfinite(q.scale)) q.scale = 1.0f;  // below float's resolution
+  return q;
 }
 
 int64_t FirstNonFinite(const float* x, int64_t n) {
@@ -101,6 +163,22 @@ absl::Status CheckFinite(const Eigen::Ref<const MatrixXf>& m, const char* name) 
                                                  ", col ", first_c, ")"));
 }
 
+namespace {
+
+// The p-th percentile (0..100) of v with linear interpolation between order statistics (numpy's
+// default): v is reordered. Computed in double, rounded to float as numpy does for float32 data.
+double Percentile(std::vector<float>& v, double p) {
+  const double pos = p / 100.0 * static_cast<double>(v.size() - 1);
+  const size_t i = static_cast<size_t>(std::floor(pos));
+  std::nth_element(v.begin(), v.begin() + i, v.end());
+  const double a = v[i];
+  if (i + 1 >= v.size()) return a;
+  const double b = *std::min_element(v.begin() + i + 1, v.end());
+  return static_cast<float>(a + (pos - static_cast<double>(i)) * (b - a));
+}
+
+}  // namespace
+
 absl::StatusOr<ActivationQuantizer> CalibrateActivations(const Eigen::Ref<const MatrixXf>& x,
                                                          const InputSpec& spec,
                                                          const ActivationCalibration& cal) {
@@ -111,33 +189,34 @@ absl::StatusOr<ActivationQuantizer> CalibrateActivations(const Eigen::Ref<const 
     return absl::InvalidArgumentError(absl::StrCat("activation percentiles must satisfy 0 <= low < high <= 100, got ",
                                                    cal.low_percentile, " / ", cal.high_percentile));
   }
-  std::vector<float> v(x.data(), x.data() + x.size());
-  if (!x.IsRowMajor || x.outerStride() != x.cols()) {
-    v.clear();
-    for (int64_t r = 0; r < x.rows(); ++r)
-      for (int64_t c = 0; c < x.cols(); ++c) v.push_back(x(r, c));
+  std::vector<float> v;  // all values, row-major
+  v.reserve(x.size());
+  for (int64_t r = 0; r < x.rows(); ++r)
+    for (int64_t c = 0; c < x.cols(); ++c) v.push_back(x(r, c));
+  const auto [mn, mx] = std::minmax_element(v.begin(), v.end());
+  const double lo = *mn, hi = *mx;
+  if (cal.method == ActivationRange::kMinMax) return QuantizerForRange(lo, hi, spec);
+  std::vector<float> sample;  // kMse scores these (before v is reordered by the percentiles)
+  if (cal.method == ActivationRange::kMse) {
+    const int64_t n = static_cast<int64_t>(v.size());
+    const int64_t stride = (n + kMseMaxValues - 1) / kMseMaxValues;
+    sample.reserve((n + stride - 1) / stride);
+    for (int64_t i = 0; i < n; i += stride) sample.push_back(v[i]);
   }
-  auto pct = [&](double p) {
-    const size_t idx = static_cast<size_t>(std::llround(p / 100.0 * (v.size() - 1)));
-    std::nth_element(v.begin(), v.begin() + idx, v.end());
-    return v[idx];
-  };
-  float lo = pct(cal.low_percentile), hi = pct(cal.high_percentile);
-  ActivationQuantizer q;
-  q.spec = spec;
-  if (spec.is_signed) {
-    const float m = std::max(std::abs(lo), std::abs(hi));
-    q.scale = m > 0 ? m / static_cast<float>(spec.max_code()) : 1.0f;
-    q.zero_point = 0;
-  } else {
-    lo = std::min(lo, 0.0f);  // the range must hold 0 exactly (zero-point is an integer code)
-    hi = std::max(hi, 0.0f);
-    const float range = hi - lo;
-    q.scale = range > 0 ? range / static_cast<float>(spec.max_code()) : 1.0f;
-    q.zero_point = static_cast<int32_t>(std::clamp<double>(
-        std::nearbyint(-lo / q.scale), 0.0, static_cast<double>(spec.max_code())));
+  const double p_lo = Percentile(v, cal.low_percentile), p_hi = Percentile(v, cal.high_percentile);
+  const ActivationQuantizer pct = QuantizerForRange(p_lo, p_hi, spec);
+  if (cal.method == ActivationRange::kPercentile) return pct;
+  const int64_t n = static_cast<int64_t>(sample.size());
+  constexpr int kSteps = 100;
+  ActivationQuantizer best = pct;
+  double best_err = 0;
+  for (int i = 0; i <= kSteps; ++i) {  // i < kSteps: multiplier a_i of the min/max range
+    const double a = i == kSteps - 1 ? 1.0 : 0.3 + static_cast<double>(i) * ((1.0 - 0.3) / (kSteps - 1));
+    const ActivationQuantizer q = i < kSteps ? QuantizerForRange(a * lo, a * hi, spec) : pct;
+    const double err = q.MeanSquaredError(sample.data(), n);
+    if (i == 0 || err < best_err) best = q, best_err = err;
   }
-  return q;
+  return best;
 }
 
 }  // namespace axeq

@@ -1,7 +1,8 @@
 // Uniform integer quantizers of the paper (Eq. 1, 26). Weights: symmetric, zero-point 0, one scale
 // per output channel or per group of G inputs, narrow or full alphabet, round-to-nearest or -zero.
 // Activations: per-tensor N-bit codes, unsigned with a zero-point (asymmetric) or signed, with the
-// range chosen by min/max or by percentiles (heavy-tailed inputs waste the grid with min/max).
+// range chosen by min/max, percentiles or the least squared error (heavy-tailed inputs waste the
+// grid with min/max; which fixed rule is best depends on the tensor).
 #ifndef AXEQ_CORE_QUANTIZER_H_
 #define AXEQ_CORE_QUANTIZER_H_
 
@@ -46,12 +47,42 @@ MatrixXi8 RoundWeights(const Eigen::Ref<const MatrixXf>& weights,
 MatrixXf Dequantize(const Eigen::Ref<const MatrixXi8>& codes,
                     const Eigen::Ref<const MatrixXf>& scales, int group_size);
 
-// How the per-tensor activation range is calibrated.
+// How the per-tensor activation range is chosen.
+//  kMinMax     [min x, max x].
+//  kPercentile [P_low(x), P_high(x)] (linear interpolation between order statistics, numpy's
+//              default, computed in double and rounded to float).
+//  kMse        the candidate range with the smallest mean squared quantization error of x:
+//              r0 = the min/max range; candidates r0 * a for a = 0.3 + i * (0.7 / 99), i = 0..99
+//              (numpy.linspace(0.3, 1.0, 100); a = 1 exactly for i = 99), then the percentile
+//              range of kPercentile; each candidate becomes an ActivationQuantizer exactly as for a
+//              given range (QuantizerForRange); its error is mean((x - Apply(x))^2) summed in
+//              double; the smallest wins, the first on ties. Never worse on x than kMinMax (i = 99)
+//              or kPercentile (the last candidate) on the values it scores. When x has more than
+//              kMseMaxValues values, the errors are scored on the strided subsample
+//              x_flat[0 :: ceil(n / kMseMaxValues)] (row-major), deterministic; min/max and the
+//              percentiles always use all of x. The Python helper (axeq.config) must run the
+//              same search so that the CLI and Python pipelines choose the same range.
+// In every case a range [lo, hi] becomes lo' = min(lo, 0), hi' = max(hi, 0) for unsigned inputs
+// and the symmetric [-m, m], m = max(|lo|, |hi|), for signed ones (QuantizerForRange).
+enum class ActivationRange { kMinMax, kPercentile, kMse };
+const char* ActivationRangeName(ActivationRange r);
+
 struct ActivationCalibration {
-  // Percentiles of all input values that become the range ends; 0 and 100 mean min/max.
-  double low_percentile = 0.0;
-  double high_percentile = 100.0;
+  ActivationCalibration() = default;
+  ActivationCalibration(ActivationRange m) : method(m) {}  // NOLINT: implicit by design
+  // Percentile calibration with the given ends (older callers' {low, high}).
+  ActivationCalibration(double low, double high)
+      : method(ActivationRange::kPercentile), low_percentile(low), high_percentile(high) {}
+
+  ActivationRange method = ActivationRange::kMse;
+  // Percentiles (0..100) of all input values for kPercentile and kMse's percentile candidate
+  // (0.001 / 99.999, the reference implementation's choice); 0 and 100 are min and max.
+  double low_percentile = 0.001;
+  double high_percentile = 99.999;
 };
+
+// kMse scores at most this many values (a fixed-stride subsample beyond it).
+inline constexpr int64_t kMseMaxValues = int64_t{1} << 20;
 
 // The activation quantizer the codes assume: x~ = scale * (code - zero_point), code in
 // [min_code, max_code] of `spec`. For signed inputs zero_point is 0 (symmetric).
@@ -62,9 +93,20 @@ struct ActivationQuantizer {
 
   // Returns the dequantized quantized inputs X~ for float inputs X (any shape).
   MatrixXf Apply(const Eigen::Ref<const MatrixXf>& x) const;
+  // Returns the mean of (x_i - Apply(x_i))^2 over n values, in double: eight fixed lanes (value i
+  // in lane i % 8) added in lane order, so the result is deterministic.
+  double MeanSquaredError(const float* x, int64_t n) const;
 };
 
-// Fits a per-tensor quantizer to X (rows are samples). INVALID_ARGUMENT on empty or non-finite X.
+// Returns the quantizer whose grid covers [lo, hi]: unsigned: [min(lo, 0), max(hi, 0)],
+// scale = range / (2^N - 1), zero_point = round(-lo' / scale); signed: m = max(|lo|, |hi|),
+// scale = m / (2^(N-1) - 1). Computed in double, scale rounded to float once; a zero,
+// non-finite or sub-float range gives scale 1.
+ActivationQuantizer QuantizerForRange(double lo, double hi, const InputSpec& spec);
+
+// Fits a per-tensor quantizer to X (rows are samples) with cal's range method (default kMse).
+// INVALID_ARGUMENT on empty or non-finite X or percentiles outside 0 <= low < high <= 100.
+// Deterministic.
 absl::StatusOr<ActivationQuantizer> CalibrateActivations(const Eigen::Ref<const MatrixXf>& x,
                                                          const InputSpec& spec,
                                                          const ActivationCalibration& cal);

@@ -4,7 +4,11 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <string>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "core/test_util.h"
 #include "gtest/gtest.h"
 
 namespace axeq {
@@ -54,7 +58,7 @@ TEST(ActivationQuantizer, UnsignedHoldsZeroAndPercentilesClip) {
   x << -1.0f, 0.0f, 0.5f, 1.0f, 2.0f, 100.0f;
   InputSpec in;
   in.bits = 8;
-  auto q = CalibrateActivations(x, in, {});
+  auto q = CalibrateActivations(x, in, ActivationRange::kMinMax);
   ASSERT_TRUE(q.ok());
   EXPECT_NEAR(q->scale, 101.0f / 255.0f, 1e-6);
   MatrixXf xq = q->Apply(x);
@@ -64,9 +68,103 @@ TEST(ActivationQuantizer, UnsignedHoldsZeroAndPercentilesClip) {
   ASSERT_TRUE(p.ok());
   EXPECT_NEAR(p->Apply(x)(0, 5), 2.0f, p->scale);  // the outlier is clipped
   in.is_signed = true;
-  auto s = CalibrateActivations(x, in, {});
+  auto s = CalibrateActivations(x, in, ActivationRange::kMinMax);
   EXPECT_EQ(s->zero_point, 0);
   EXPECT_NEAR(s->scale, 100.0f / 127.0f, 1e-5);
+}
+
+// The golden tests' calibration recipe (tests/golden_test.cc): channel i scaled by exp(0.8 z_i),
+// 8 outlier channels x 12; `tail` > 0 adds Student-t(3) noise for heavier tails.
+MatrixXf HeavyTailed(int64_t k, int64_t d, uint64_t seed, bool tail) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> n;
+  std::student_t_distribution<float> t(3.0f);
+  Eigen::VectorXf s(k);
+  for (int64_t i = 0; i < k; ++i) s(i) = std::exp(0.8f * n(rng));
+  for (int j = 0; j < 8; ++j) s(rng() % k) *= 12.0f;
+  MatrixXf x(d, k);
+  for (int64_t r = 0; r < d; ++r)
+    for (int64_t i = 0; i < k; ++i) x(r, i) = s(i) * (tail ? t(rng) : n(rng));
+  return x;
+}
+
+double InputMse(const MatrixXf& x, const ActivationQuantizer& q) {
+  return (x - q.Apply(x)).cast<double>().squaredNorm() / static_cast<double>(x.size());
+}
+
+// The search as the header specifies it, written plainly through Apply(): the argmin over the 100
+// multipliers of the min/max range and the percentile range, first on ties.
+ActivationQuantizer MseSearchTwin(const MatrixXf& x, const InputSpec& in) {
+  const double lo = x.minCoeff(), hi = x.maxCoeff();
+  std::vector<ActivationQuantizer> cand;
+  for (int i = 0; i < 100; ++i) {
+    const double a = i == 99 ? 1.0 : 0.3 + i * (0.7 / 99);
+    cand.push_back(QuantizerForRange(a * lo, a * hi, in));
+  }
+  cand.push_back(*CalibrateActivations(x, in, ActivationRange::kPercentile));
+  size_t best = 0;
+  for (size_t i = 1; i < cand.size(); ++i)
+    if (InputMse(x, cand[i]) < InputMse(x, cand[best])) best = i;
+  return cand[best];
+}
+
+TEST(ActivationRangeSearch, NeverWorseThanMinMaxOrPercentileAndEqualsItsTwin) {
+  const uint64_t seed = testing::TestSeed(31);
+  int clipped = 0;
+  for (bool tail : {false, true})
+    for (bool is_signed : {false, true})
+      for (int bits : {4, 8}) {
+        MatrixXf x = HeavyTailed(768, 256, seed + bits + 2 * is_signed, tail);
+        if (!is_signed) x = x.cwiseMax(-0.17f);  // a GELU-like floor: unsigned inputs are skewed
+        InputSpec in;
+        in.bits = bits;
+        in.is_signed = is_signed;
+        auto mse = CalibrateActivations(x, in, {});  // the default is the search
+        auto mm = CalibrateActivations(x, in, ActivationRange::kMinMax);
+        auto pct = CalibrateActivations(x, in, ActivationRange::kPercentile);
+        ASSERT_TRUE(mse.ok() && mm.ok() && pct.ok());
+        const std::string what = absl::StrCat("tail=", tail, " signed=", is_signed, " N=", bits);
+        EXPECT_LE(InputMse(x, *mse), InputMse(x, *mm)) << what;
+        EXPECT_LE(InputMse(x, *mse), InputMse(x, *pct)) << what;
+        clipped += mse->scale < mm->scale;
+        const ActivationQuantizer twin = MseSearchTwin(x, in);
+        EXPECT_EQ(mse->scale, twin.scale) << what;
+        EXPECT_EQ(mse->zero_point, twin.zero_point) << what;
+        // Deterministic: the same bits again.
+        auto again = CalibrateActivations(x, in, {});
+        EXPECT_EQ(again->scale, mse->scale);
+        EXPECT_EQ(again->zero_point, mse->zero_point);
+      }
+  EXPECT_GT(clipped, 0) << "heavy tails: the search should clip the min/max range somewhere";
+}
+
+TEST(ActivationRangeSearch, LargeInputsAreScoredOnAFixedStrideSubsample) {
+  // 1,100 x 1,000 values > kMseMaxValues: errors are scored on every 2nd value. Deterministic, and
+  // (half a million values estimate the error well) still better than min/max on all values.
+  const MatrixXf x = HeavyTailed(1000, 1100, 5, true);
+  ASSERT_GT(x.size(), kMseMaxValues);
+  auto a = CalibrateActivations(x, InputSpec{}, {});
+  auto b = CalibrateActivations(x, InputSpec{}, {});
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->scale, b->scale);
+  EXPECT_EQ(a->zero_point, b->zero_point);
+  auto mm = CalibrateActivations(x, InputSpec{}, ActivationRange::kMinMax);
+  EXPECT_LE(InputMse(x, *a), InputMse(x, *mm));
+}
+
+TEST(ActivationRangeSearch, PercentilesInterpolateLikeNumpy) {
+  MatrixXf x(1, 5);
+  x << 4, 0, 3, 1, 2;  // sorted 0 1 2 3 4: p-th percentile = 4 p / 100
+  ActivationCalibration cal(10.0, 62.5);
+  InputSpec in;
+  in.is_signed = true;
+  in.bits = 8;
+  auto q = CalibrateActivations(x, in, cal);  // range [0.4, 2.5] -> symmetric m = 2.5
+  ASSERT_TRUE(q.ok());
+  EXPECT_FLOAT_EQ(q->scale, 2.5f / 127.0f);
+  EXPECT_EQ(cal.method, ActivationRange::kPercentile);
+  EXPECT_EQ(ActivationCalibration{}.method, ActivationRange::kMse);
+  EXPECT_STREQ(ActivationRangeName(ActivationRange::kMse), "mse");
 }
 
 TEST(ActivationQuantizer, RejectsBadInput) {

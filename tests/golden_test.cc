@@ -89,9 +89,12 @@ TEST(GoldenGpt2, Table3OrderingAtW4A8) {
   EXPECT_EQ(rows.size(), 4u);
   // Golden values (docs/table3.md), pinned with a tolerance that absorbs float-summation order on
   // other CPUs but not a change of algorithm: EP-init, AXE-RTZ, AXE-RTN, AXE-HCO.
+  // Updated 2026-11-27 (issue 16): percentiles now interpolate linearly between order statistics
+  // (numpy's definition, shared with the Python client) instead of taking the nearest one, and the
+  // activation scale is computed in double; X~ moved slightly (changes <= 0.0018).
   const std::map<std::string, Row> golden = {
-      {"optq h.5.attn.q", {0.9204, 0.7387, 0.6601, 0.2966}}, {"gpfq h.5.attn.q", {0.9344, 0.7297, 0.6483, 0.2915}},
-      {"optq h.5.attn.o", {0.9183, 0.7315, 0.6555, 0.2930}}, {"gpfq h.5.attn.o", {0.9327, 0.7220, 0.6434, 0.2873}}};
+      {"optq h.5.attn.q", {0.9208, 0.7389, 0.6603, 0.2966}}, {"gpfq h.5.attn.q", {0.9344, 0.7296, 0.6484, 0.2915}},
+      {"optq h.5.attn.o", {0.9177, 0.7319, 0.6559, 0.2931}}, {"gpfq h.5.attn.o", {0.9309, 0.7220, 0.6431, 0.2873}}};
   for (const auto& [key, want] : golden) {
     const Row& got = rows[key];
     EXPECT_NEAR(got.ep, want.ep, 2e-3) << key;
