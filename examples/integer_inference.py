@@ -109,7 +109,8 @@ def plot(rows, path):
     y = lambda v: top + (hi - math.log10(v)) / (hi - lo) * (h - top - bottom)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
            f'<rect width="{w}" height="{h}" fill="white"/>',
-           f'<text x="{w / 2 - 120}" y="18">stories260K W4A8: perplexity with P-bit integer accumulators</text>',
+           f'<text x="{left}" y="18">stories260K W4A8: perplexity with P-bit integer accumulators</text>',
+           f'<text x="14" y="{(h - bottom + top) / 2}" transform="rotate(-90 14 {(h - bottom + top) / 2})">perplexity (log scale)</text>',
            f'<line x1="{left}" y1="{h - bottom}" x2="{w - right}" y2="{h - bottom}" stroke="black"/>',
            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{h - bottom}" stroke="black"/>',
            f'<text x="{(w - right) / 2}" y="{h - 12}">accumulator bits P (monolithic)</text>']
@@ -151,8 +152,8 @@ def main():
     ap.add_argument("--json", required=True)
     ap.add_argument("--svg")
     ap.add_argument("--data", default=os.environ.get("AXEQ_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data")))
-    ap.add_argument("--eval-tokens", type=int, default=1022)
-    ap.add_argument("--batches", type=int, default=8)
+    ap.add_argument("--eval-tokens", type=int, default=511, help="WikiText-2 test tokens to evaluate on")
+    ap.add_argument("--batches", type=int, default=4, help="calibration sequences")
     ap.add_argument("--seq", type=int, default=256)
     a = ap.parse_args()
     torch.manual_seed(0)
@@ -164,6 +165,7 @@ def main():
     batches = [torch.tensor([[1] + calib[i * a.seq:(i + 1) * a.seq]]) for i in range(a.batches)]
     print(f"stories260K W4A8; evaluation: the first {len(evaluation) - 1} WikiText-2 test tokens; calibration: "
           f"{a.batches} x {a.seq} tokens from character 200,000 on", flush=True)
+    print(f"float model perplexity: {evaluate(load_llama2c(ckpt), evaluation)[0]:.2f}", flush=True)
     proc, address = start_server(a.server)
     t0, rows = time.time(), []
     try:
