@@ -117,14 +117,15 @@ def datapath(x_codes: torch.Tensor, codes: torch.Tensor, accumulator_bits: int, 
         raise ValueError("input codes must be within 2^16 in magnitude and K < 2^30")
     t = effective_tile(tile_size, k)
     tiles = -(-k // t)
-    x = torch.zeros((d, tiles * t), dtype=torch.int64)
+    dev = x_codes.device
+    x = torch.zeros((d, tiles * t), dtype=torch.int64, device=dev)
     x[:, :k] = x_codes.to(torch.int64)
-    q = torch.zeros((c, tiles * t), dtype=torch.int64)
+    q = torch.zeros((c, tiles * t), dtype=torch.int64, device=dev)
     q[:, :k] = codes.to(torch.int64)
     x, q = x.view(d, tiles, t), q.view(c, tiles, t)
     pos, neg = _pos_neg(x.double(), q.double())
     exact_tiles = (pos + neg).to(torch.int64)
-    valid = None if k % t == 0 else torch.arange(tiles * t).view(tiles, t) < k
+    valid = None if k % t == 0 else torch.arange(tiles * t, device=dev).view(tiles, t) < k
     vals, events = _stage(x, q, pos, neg, exact_tiles, accumulator_bits, twos_complement, overflow, valid)
     events, exact = events.sum(dim=-1), exact_tiles.sum(dim=-1)
     if tiles == 1 or outer_bits == 0:
