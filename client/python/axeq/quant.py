@@ -179,7 +179,7 @@ class QuantLinear(nn.Module):
         self.tile_size = effective_tile(int(tile_size if tile_size is not None else cert.get("tile_size", 0)), k)
         self.outer_bits = int(outer_bits if outer_bits is not None
                               else eq21_outer_bits(self.accumulator_bits, k, self.tile_size))
-        v = verify_certificate(self.codes.numpy(), self.certificate, accumulator_bits=self.accumulator_bits,
+        v = verify_certificate(self.codes.cpu().numpy(), self.certificate, accumulator_bits=self.accumulator_bits,
                                tile_size=self.tile_size, input_bits=self.activation.bits,
                                inputs_signed=self.activation.signed, twos_complement=self.twos_complement)
         wide_enough = self.outer_bits == 0 or self.tile_size >= k or \
@@ -239,8 +239,8 @@ class QuantLinear(nn.Module):
         self._ref2 += float((exact.to(torch.float64) ** 2).sum())
 
     def to_result(self) -> LayerResult:
-        return LayerResult(self.name, self.job_id, self.codes.numpy().copy(), self.scales.numpy().copy(),
-                           None if self.bias is None else self.bias.numpy().copy(), self.activation,
+        return LayerResult(self.name, self.job_id, self.codes.cpu().numpy().copy(), self.scales.cpu().numpy().copy(),
+                           None if self.bias is None else self.bias.cpu().numpy().copy(), self.activation,
                            dict(self.report, group_size=self.group_size), self.certificate)
 
     def datapath_settings(self) -> dict:
