@@ -39,7 +39,11 @@ class LayerResult:
         for g in (self.report.get("group_size"), getattr(self.config, "group_size", None)):
             if isinstance(g, int) and not isinstance(g, bool) and g > 0 and -(-k // g) == groups:
                 return g
-        return -(-k // groups)
+        fits = [g for g in range(1, k + 1) if -(-k // g) == groups]
+        if len(fits) != 1:  # never guess: a wrong G dequantizes every column after the first group wrongly
+            raise ValueError(f"layer {self.name!r}: {groups} scale groups over K = {k} inputs fit group sizes "
+                             f"{fits[:1] + fits[-1:]} (range); give the result its config or report['group_size']")
+        return fits[0]
 
     def dequantized(self) -> np.ndarray:
         """codes * scales as float32 [C, K] (scale of input i: column i // G)."""

@@ -13,7 +13,7 @@ import unittest
 
 import numpy as np
 
-from axeq import ActivationQuantizer, LayerResult, compute_certificate
+from axeq import ActivationQuantizer, Config, LayerResult, compute_certificate
 from axeq.result import read_result, write_result
 from axeq.safetensors import read_safetensors, write_safetensors
 
@@ -92,6 +92,18 @@ class ResultFormatTest(unittest.TestCase):
         w = back["a.second"].dequantized()
         self.assertEqual(w[2, 63], b.codes[2, 63] * b.scales[2, 1])  # column i uses scale i // G
         self.assertEqual(w[2, 64], b.codes[2, 64] * b.scales[2, 2])
+
+    def test_group_size_is_never_guessed(self):
+        r = layer("g", k=172, groups=6, g=32)
+        del r.report["group_size"]
+        with self.assertRaisesRegex(ValueError, "layer 'g'.*fit group sizes"):
+            r.dequantized()
+        with self.assertRaisesRegex(ValueError, "group sizes"):
+            write_result(self.path, [r])
+        r.config = Config(group_size=32)
+        self.assertEqual(r.group_size, 32)
+        write_result(self.path, [r])
+        self.assertEqual(read_result(self.path)["g"].group_size, 32)
 
     def test_version_1_with_a_wrong_group_size(self):
         b = layer("g", k=70, groups=3, g=32)
