@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TAG=${1:-localhost/axeq-server:dev}
-AXEQ=${AXEQ:-$(ls build/cli/axeq build/client/axeq 2>/dev/null | head -n1)}
+AXEQ=${AXEQ:-$(ls build/cli/axeq build/tools/axeq build/client/axeq 2>/dev/null | head -n1)}
 PORT=${AXEQ_SMOKE_PORT:-50551}; MPORT=$((PORT + 1))
 name=axeq-smoke-$$
 podman --runtime runc run -d --rm --name "$name" --network=host --ulimit nofile=20000:20000 --ulimit nproc=4096:4096 \
