@@ -20,7 +20,7 @@ from axeq.safetensors import read_safetensors, write_safetensors
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 BUILD = os.environ.get("AXEQ_BUILD_DIR", os.path.join(ROOT, "build"))
 CLI = os.environ.get("AXEQ_CLI_BIN") or next(
-    (p for p in (os.path.join(BUILD, d, "axeq") for d in ("client", "tools")) if os.path.exists(p)),
+    (p for p in (os.path.join(BUILD, d, "axeq") for d in ("cli", "client", "tools")) if os.path.exists(p)),
     os.path.join(BUILD, "client", "axeq"))
 CKPT = os.path.join(ROOT, "examples", "data", "stories260K.bin")
 _CACHE = {}
