@@ -43,8 +43,10 @@ struct OptqFactor {
   bool act_order = true;
   double damping_fraction = 0.01;
   int max_damping_retries = 6;
-  Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> u32;
-  Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> u64;
+  // The factor U (upper triangle; the strictly lower one is zero), column-major, in the precision
+  // that ran.
+  Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic> u32;
+  Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic> u64;
   bool Matches(const LayerOptions& o, int64_t k) const {
     return precision == o.precision && act_order == o.act_order && damping_fraction == o.damping &&
            max_damping_retries == o.max_damping_retries && static_cast<int64_t>(order.size()) == k;

@@ -1,7 +1,8 @@
 // OPTQ (GPTQ; Algorithm 2) with act-order, damping with retry, lazy-batch blocks and AXE.
 // H^-1's upper Cholesky factor is computed as the Cholesky of the row-and-column-reversed H
-// followed by one recursive triangular inverse: H = R R^T with R = J chol(J H J) J upper, so
-// H^-1 = R^-T R^-1 and R^-1 is the (unique) upper factor. Cost 2/3 K^3 instead of 4/3 K^3.
+// followed by one triangular inverse: H = R R^T with R = J chol(J H J) J upper, so
+// H^-1 = R^-T R^-1 and R^-1 is the (unique) upper factor. Cost 2/3 K^3 instead of 4/3 K^3, in
+// two K x K buffers (the reversal is folded into the act-order gather and a final in-place reverse).
 #include <algorithm>
 #include <atomic>
 #include <numeric>
@@ -24,6 +25,19 @@ void ForChunks(int64_t n, int64_t chunk, const RunContext& ctx, Fn&& fn) {
   if (ctx.parallel_for && chunks > 1) ctx.parallel_for(chunks, one);
   else
     for (int64_t j = 0; j < chunks; ++j) one(j);
+}
+
+// Writes m(order, order) into out (column-major, resized to K x K): column j of out is row
+// order[j] of the symmetric m, so every read streams through one input row.
+template <typename S>
+void PermuteSymmetricInto(const Eigen::Ref<const MatrixXf>& m, const std::vector<int64_t>& order, MatS<S>* out) {
+  const int64_t k = static_cast<int64_t>(order.size());
+  out->resize(k, k);
+  for (int64_t j = 0; j < k; ++j) {
+    const float* src = m.data() + order[j] * m.outerStride();
+    S* dst = out->col(j).data();
+    for (int64_t i = 0; i < k; ++i) dst[i] = static_cast<S>(src[order[i]]);
+  }
 }
 
 // Factors the lower triangle of a in place (a = L L^T), blocked right-looking: the panel solve and
@@ -73,34 +87,28 @@ MatS<S> LowerInverse(const MatS<S>& l, const RunContext& ctx) {
 
 }  // namespace
 
-// Returns the upper Cholesky factor U of (H + eta I)^-1 (H^-1 = U^T U), raising eta x10 up to
-// max_retries times when H + eta I is not positive definite.
-template <typename S>
-absl::StatusOr<RowMatS<S>> UpperFactorOfInverse(const MatS<S>& h, double damping, int max_retries,
+// Returns the upper Cholesky factor U of (H + eta I)^-1 (H^-1 = U^T U), column-major, raising eta
+// x10 up to max_retries times when H + eta I is not positive definite. build(a) fills a with the
+// reversed J H J (every entry; it is called again for each retry, since the factorization
+// overwrites it). U is the reversed L^-1 of J (H + eta I) J = L L^T: u(i, j) = linv(k-1-i, k-1-j),
+// which for column-major storage is the same buffer read backwards, so U is made in place.
+template <typename S, typename Build>
+absl::StatusOr<MatS<S>> UpperFactorOfInverse(int64_t k, const Build& build, double damping, int max_retries,
                                              double* eta_used, int* retries, const RunContext& ctx) {
-  const int64_t k = h.rows();
-  const double mean_diag = std::max(h.diagonal().template cast<double>().mean(), 1e-30);
+  MatS<S> a(k, k);
+  build(a);
+  // The mean diagonal of H in H's own order (a's diagonal read backwards), summed in double.
+  const double mean_diag = std::max(a.diagonal().reverse().template cast<double>().mean(), 1e-30);
   double eta = damping * mean_diag;
   for (int attempt = 0; attempt <= max_retries; ++attempt, eta *= 10) {
-    MatS<S> rev(k, k);  // lower triangle only
-    for (int64_t j = 0; j < k; ++j)
-      for (int64_t i = j; i < k; ++i) rev(i, j) = h(k - 1 - i, k - 1 - j);
-    rev.diagonal().array() += static_cast<S>(eta);
-    const bool factored = BlockedCholesky<S>(rev, ctx);
+    if (attempt > 0) build(a);
+    a.diagonal().array() += static_cast<S>(eta);
+    const bool factored = BlockedCholesky<S>(a, ctx);
     if (ctx.should_stop && ctx.should_stop()) return absl::CancelledError("factorization cancelled");
     if (!factored) continue;
-    MatS<S> linv = LowerInverse<S>(rev, ctx);
-    if (!linv.allFinite()) continue;
-    // u(i, j) = linv(k-1-i, k-1-j) on and above the diagonal (the sweep reads only those);
-    // row-major because the sweep reads rows of U. Tiled so both sides stay in cache.
-    RowMatS<S> u(k, k);
-    constexpr int64_t kTile = 64;
-    for (int64_t ib = 0; ib < k; ib += kTile)
-      for (int64_t jb = ib; jb < k; jb += kTile)
-        for (int64_t j = jb; j < std::min(k, jb + kTile); ++j)
-          for (int64_t i = ib; i < std::min({k, ib + kTile, j + 1}); ++i)
-            u(i, j) = linv(k - 1 - i, k - 1 - j);
-    u.template triangularView<Eigen::StrictlyLower>().setZero();  // defined bits, never read
+    MatS<S> u = LowerInverse<S>(a, ctx);
+    if (!u.allFinite()) continue;
+    std::reverse(u.data(), u.data() + u.size());  // now u(i, j) = linv(k-1-i, k-1-j)
     *eta_used = eta;
     *retries = attempt;
     return u;
@@ -111,11 +119,11 @@ absl::StatusOr<RowMatS<S>> UpperFactorOfInverse(const MatS<S>& h, double damping
 }
 
 template <typename S>
-RowMatS<S>& FactorOf(OptqFactor& f);
+MatS<S>& FactorOf(OptqFactor& f);
 template <>
-RowMatS<float>& FactorOf<float>(OptqFactor& f) { return f.u32; }
+MatS<float>& FactorOf<float>(OptqFactor& f) { return f.u32; }
 template <>
-RowMatS<double>& FactorOf<double>(OptqFactor& f) { return f.u64; }
+MatS<double>& FactorOf<double>(OptqFactor& f) { return f.u64; }
 
 template <typename S>
 absl::Status Prepare(const Eigen::Ref<const MatrixXf>& gram, const LayerOptions& opts, const RunContext& ctx,
@@ -126,17 +134,25 @@ absl::Status Prepare(const Eigen::Ref<const MatrixXf>& gram, const LayerOptions&
   f->damping_fraction = opts.damping;
   f->max_damping_retries = opts.max_damping_retries;
   f->order = ActOrder(gram, opts.act_order);
-  MatS<S> h = PermuteSymmetric<S>(gram, f->order) * S(2);
   f->dead.assign(k, 0);
+  f->dead_inputs = 0;
   for (int64_t i = 0; i < k; ++i)
-    if (!(h(i, i) > S(0))) {
-      f->dead[i] = 1;
-      h.row(i).setZero();
-      h.col(i).setZero();
-      h(i, i) = S(1);
-      ++f->dead_inputs;
-    }
-  AXEQ_ASSIGN_OR_RETURN(FactorOf<S>(*f), UpperFactorOfInverse<S>(h, opts.damping, opts.max_damping_retries,
+    if (!(gram(f->order[i], f->order[i]) * 2 > 0)) f->dead[i] = 1, ++f->dead_inputs;
+  // J H J with H = 2 P^T gram P: one gather in the reversed act-order; a dead input's row and
+  // column become those of the identity (its code is 0 whatever the factor says).
+  const std::vector<int64_t> reversed(f->order.rbegin(), f->order.rend());
+  auto build = [&](MatS<S>& a) {
+    PermuteSymmetricInto<S>(gram, reversed, &a);
+    a.array() *= S(2);
+    for (int64_t i = 0; i < k; ++i)
+      if (f->dead[i]) {
+        const int64_t r = k - 1 - i;
+        a.row(r).setZero();
+        a.col(r).setZero();
+        a(r, r) = S(1);
+      }
+  };
+  AXEQ_ASSIGN_OR_RETURN(FactorOf<S>(*f), UpperFactorOfInverse<S>(k, build, opts.damping, opts.max_damping_retries,
                                                                  &f->damping, &f->damping_retries, ctx));
   return absl::OkStatus();
 }
@@ -156,7 +172,7 @@ absl::StatusOr<GreedyResult> OptqImpl(const Eigen::Ref<const MatrixXf>& weights,
   }
   const auto& order = f->order;
   const auto& dead = f->dead;
-  const RowMatS<S>& u = FactorOf<S>(const_cast<OptqFactor&>(*f));
+  const MatS<S>& u = FactorOf<S>(const_cast<OptqFactor&>(*f));
   GreedyResult result;
   result.order = order;
   result.dead_inputs = f->dead_inputs;
