@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """stories260K end to end through axeq-server: a real pretrained Llama-2-architecture model,
-calibrated on one slice of WikiText-2 test and evaluated on a disjoint one, every linear layer
-quantized through the service (the tied embedding/classifier stays float, as in the paper), every
-certificate re-verified client-side; prints and writes the paper-style table.
+calibrated on one slice of WikiText-2 test and evaluated on a disjoint one and on held-out
+in-domain text sampled from the float model (fixed seed); every linear layer quantized block by
+block through the service (the tied embedding/classifier stays float, as in the paper), every
+certificate re-verified client-side against the configuration asked for.
 
-  /usr/bin/python3 examples/stories260k.py [--server HOST:PORT] [--quick] [--out docs/results-stories260k.md]
+  /usr/bin/python3 examples/stories260k.py [--server TARGET] [--quick] [--out docs/results-stories260k.md] [--json OUT]
 
-Without --server it starts build/server/axeq-server on a free port."""
+Without --server it starts $AXEQ_BUILD_DIR/server/axeq-server (default build/) on a free port;
+the Python stubs are taken from $AXEQ_BUILD_DIR/python unless axeq is installed."""
 import argparse
 import json
 import os
@@ -17,22 +19,22 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path[:0] = [os.path.join(ROOT, "build", "python")]
+BUILD = os.path.abspath(os.environ.get("AXEQ_BUILD_DIR") or os.path.join(ROOT, "build"))
+sys.path[:0] = [os.path.join(BUILD, "python")]
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from axeq import Client, Config  # noqa: E402
-from axeq.llama import Tokenizer, greedy, load_llama2c, perplexity  # noqa: E402
-from axeq.pipeline import data_type_bound, naive_bit_widths, quantize_model  # noqa: E402
+from axeq.llama import Tokenizer, fidelity, greedy, load_llama2c, log_probs, perplexity, sample  # noqa: E402
+from axeq.pipeline import quantize_model  # noqa: E402
 
 # T = 32 for both K = 64 (attention, w1, w3) and K = 172 (w2): a power of two that splits every
 # dot product (2 and 6 tiles; T = 64 would leave the K = 64 layers monolithic). By Eq. 21,
 # P_O = P_I + 1 (K = 64) or P_I + 3 (K = 172), so P_I = P - 3 gives a whole datapath (inner and
-# outer registers) of at most P bits, comparable with the monolithic row at the same P. (P_I = P
-# itself never binds at these depths: the tiled rows would equal the base algorithm.)
+# outer registers) of at most P bits, comparable with the monolithic row at the same P.
 TILE = 32
 TILE_OUTER_GROWTH = 3
+HELD_OUT = dict(n=8, length=256, seed=20261127)  # in-domain text sampled from the float model
 
 
 def configs(quick):
@@ -46,23 +48,59 @@ def configs(quick):
                 (f"W4A8 GPFQ+AXE, P={p}", Config(algorithm="gpfq", accumulator_bits=p)),
                 (f"naive bit widths, P={p}", Config(method="naive", accumulator_bits=p)),
                 (f"EP-init (OPTQ), P={p}", Config(method="ep-init", accumulator_bits=p))]
-        if quick:
-            out = [o for o in out if "T=" not in o[0] and "GPFQ+AXE" not in o[0] and "base" not in o[0]]
+    if quick:
+        out = [o for o in out if "T=" not in o[0] and "GPFQ" not in o[0] and "base" not in o[0]]
     return out
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--server")
+def start_server():
+    """Starts the build tree's axeq-server on a free loopback port; returns (process, target)."""
+    binary = os.path.join(BUILD, "server", "axeq-server")
+    if not os.path.exists(binary):
+        sys.exit(f"{binary} not found: build it (cmake --build {BUILD} --target axeq-server), "
+                 "set AXEQ_BUILD_DIR, or pass --server")
+    proc = subprocess.Popen([binary, "--address", "127.0.0.1:0", "--insecure", "--drain-delay-seconds", "0"],
+                            stderr=subprocess.PIPE, text=True)
+    target = f"127.0.0.1:{json.loads(proc.stderr.readline())['port']}"
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # drain the log
+    return proc, target
+
+
+def evaluate(model, name, res, cfg, seconds, data):
+    """One table row: WikiText-2 perplexity, fidelity on the sampled text, sparsity, certificates."""
+    row = {"name": name, "ppl": perplexity(model, data["evaluation"]), "seconds": round(seconds, 3)}
+    row.update(fidelity(model, data["held_out"], data["reference"]))
+    if res is None:
+        return dict(row, sparsity=0.0, verified="-", min_po="-", bits="-", layers=0)
+    verdicts = [r.verify(cfg) for r in res.values()]
+    ok, safe = all(v.consistent for v in verdicts), all(v.safe for v in verdicts)
+    zeros, total = sum(int((r.codes == 0).sum()) for r in res.values()), sum(r.codes.size for r in res.values())
+    return dict(row, sparsity=zeros / total, verified=("all SAFE" if safe else "UNSAFE") if ok else "MISMATCH",
+                min_po=max(r.certificate["min_outer_accumulator_bits"] for r in res.values()),
+                bits=sorted({(r.report["weight_bits"], r.report["input_bits"]) for r in res.values()}),
+                layers=len(res), timings={k: round(v, 3) for k, v in res.timings.items()})
+
+
+def print_row(r):
+    print(f"{r['name']:<36} ppl {r['ppl']:8.2f}  KL {r['kld']:.4f}  top-1 {r['top1_agreement']:5.1f}%  "
+          f"ppl ratio {r['ppl_ratio']:.4f}  sparsity {r['sparsity']:.3f}  {r['verified']:<8} "
+          f"min P_O {r['min_po']}  W/A {r['bits']}  ({r['seconds']:.1f} s)", flush=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--server", help="gRPC target of a running axeq-server (default: start one)")
     ap.add_argument("--data", default=os.environ.get("AXEQ_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data")))
-    ap.add_argument("--quick", action="store_true", help="a few batches and configurations (CI)")
+    ap.add_argument("--quick", action="store_true", help="4 batches and the P=16 configurations (CI)")
     ap.add_argument("--batches", type=int, default=16)
     ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--out")
-    ap.add_argument("--json")
-    a = ap.parse_args()
+    ap.add_argument("--upload", choices=("statistics", "rows"), default="statistics")
+    ap.add_argument("--act-range", choices=("mse", "percentile", "minmax"), default="mse")
+    ap.add_argument("--out", help="write the markdown table here")
+    ap.add_argument("--json", help="write one JSON object per row here")
+    a = ap.parse_args(argv)
     torch.manual_seed(0)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(2)  # perplexities depend on the summation order: fixed for reproducibility
     ckpt = os.path.join(a.data, "stories260K", "stories260K.bin")
     if not os.path.exists(ckpt):
         ckpt = os.path.join(ROOT, "examples", "data", "stories260K.bin")
@@ -72,66 +110,74 @@ def main():
     story = tok.decode(greedy(model, 20))
     assert story.startswith("Once upon a time, there was a little girl named Lily."), story
     # Evaluation: the first 2,044 tokens (+BOS). Calibration: from character 200,000 on (disjoint).
-    evaluation = tok.encode(text[:20000])[:2045]
     calib = tok.encode(text[200000:200000 + 40 * a.seq * 4], bos=False)
     nb = 4 if a.quick else a.batches
     batches = [torch.tensor([[1] + calib[i * a.seq:(i + 1) * a.seq]]) for i in range(nb)]
-    float_ppl = perplexity(model, evaluation)
-    print(f"float perplexity on the first 2,044 WikiText-2 test tokens: {float_ppl:.2f}; calibration: {nb} x {a.seq} tokens from char 200,000 on")
-    proc = None
-    address = a.server
-    if not address:
-        proc = subprocess.Popen([os.path.join(ROOT, "build", "server", "axeq-server"), "--address", "127.0.0.1:0",
-                                 "--insecure", "--drain-delay-seconds", "0"], stderr=subprocess.PIPE, text=True)
-        address = f"127.0.0.1:{json.loads(proc.stderr.readline())['port']}"
-        # Keep draining the server's log so it never blocks on a full pipe.
-        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-    rows = [{"name": "float", "ppl": float_ppl, "sparsity": 0.0, "verified": "-", "min_po": "-", "seconds": 0}]
+    held_out = sample(model, **HELD_OUT)
+    data = {"evaluation": tok.encode(text[:20000])[:2045], "held_out": held_out, "reference": log_probs(model, held_out)}
+    rows = [evaluate(model, "float", None, None, 0.0, data)]
+    print(f"calibration: {nb} x {a.seq} WikiText-2 tokens from char 200,000 on; held-out: {HELD_OUT}")
+    print_row(rows[0])
+    proc, target = start_server() if not a.server else (None, a.server)
     try:
-        with Client(address, deadline=600) as client:
+        with Client(target, deadline=600) as client:
             for name, cfg in configs(a.quick):
+                cfg.act_range = a.act_range
                 m = load_llama2c(ckpt)
                 t0 = time.time()
-                res = quantize_model(m, batches, client, cfg, groups=m.linear_groups(), smooth_pairs=m.smooth_pairs(),
+                res = quantize_model(m, batches, client, cfg, smooth_pairs=m.smooth_pairs(), upload=a.upload,
                                      progress=False)
-                checks = [r.verify() for r in res.values()]
-                all_ok = all(ok for ok, _, _ in checks)
-                all_safe = all(safe for _, safe, _ in checks)
-                zeros = sum(int((r.codes == 0).sum()) for r in res.values())
-                total = sum(r.codes.size for r in res.values())
-                row = {"name": name, "ppl": perplexity(m, evaluation), "sparsity": zeros / total,
-                       "verified": ("all SAFE" if all_safe else "UNSAFE") if all_ok else "MISMATCH",
-                       "min_po": max(r.certificate["min_outer_accumulator_bits"] for r in res.values()),
-                       "bits": sorted({(r.report["weight_bits"], r.report["input_bits"]) for r in res.values()}),
-                       "seconds": time.time() - t0, "layers": len(res)}
-                rows.append(row)
-                print(f"{name:<36} ppl {row['ppl']:9.2f}  sparsity {row['sparsity']:.3f}  certificates {row['verified']:<9} "
-                      f"min P_O {row['min_po']}  W/A {row['bits']}  ({row['seconds']:.1f} s)", flush=True)
+                rows.append(evaluate(m, name, res, cfg, time.time() - t0, data))
+                print_row(rows[-1])
     finally:
         if proc:
             proc.terminate()
             proc.wait(timeout=30)
     if a.json:
-        json.dump(rows, open(a.json, "w"), indent=1)
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
     if a.out:
-        with open(a.out, "w") as f:
-            f.write("# stories260K quantized through axeq-server\n\n")
-            f.write(f"Produced by `/usr/bin/python3 examples/stories260k.py --out {a.out}` ({time.strftime('%Y-%m-%d')}).\n\n")
-            f.write("Model: Karpathy's stories260K (Llama-2 architecture, dim 64, hidden 172, 5 layers), loaded into the\n"
-                    "PyTorch module of `client/python/axeq/llama.py` (greedy story checked). Evaluation: perplexity on the\n"
-                    "first 2,044 tokens of WikiText-2 test (tok512, BOS prepended, windows of 512 overlapping by one token).\n"
-                    f"Calibration: {nb} sequences of {a.seq} tokens from character 200,000 on (disjoint from evaluation).\n"
-                    "Pipeline (`axeq.pipeline.quantize_model`): SmoothQuant alpha = 0.4 into the RMSNorms, true-sequential\n"
-                    "calibration (q/k/v and w1/w3 concurrently), per-tensor static 8-bit unsigned activations with\n"
-                    "0.001/99.999 percentile ranges, bias correction on the server (no biases in this model), all 35 linear\n"
-                    "layers quantized through a running axeq-server; the tied embedding/classifier stays float.\n"
-                    f"Tiles: T = {TILE} (2 tiles for K = 64, 6 for K = 172) with P_I = P - {TILE_OUTER_GROWTH}, so that the outer\n"
-                    "accumulator of Eq. 21 (P_I + 1 for K = 64, P_I + 3 for K = 172) stays within P bits too.\n"
-                    "Certificates: every one re-verified by the Python client's independent verifier.\n\n")
-            f.write("| configuration | perplexity | weight sparsity | certificates | min P_O | W/A bits |\n|---|---|---|---|---|---|\n")
-            for r in rows:
-                f.write(f"| {r['name']} | {r['ppl']:.2f} | {r['sparsity']:.3f} | {r['verified']} | {r['min_po']} | {r.get('bits', '-')} |\n")
+        write_markdown(a, rows, nb)
     return rows
+
+
+METHOD = """Model: Karpathy's stories260K (Llama-2 architecture, dim 64, hidden 172, 5 blocks), loaded into the
+PyTorch module of `client/python/axeq/llama.py` (greedy story checked).
+Calibration: {nb} sequences of {seq} tokens of WikiText-2 test from character 200,000 on.
+Evaluation, two ways:
+- WikiText-2 perplexity on the first 2,044 test tokens (tok512, BOS prepended, windows of 512
+  overlapping by one token; disjoint from calibration). Out of the model's domain (children's stories):
+  a reference point, noisy at the ~1 point level.
+- Fidelity to the float model on in-domain held-out text: {n} sequences of {length} tokens sampled from
+  the float model (temperature 1, torch generator seed {seed}): mean KL divergence of the quantized
+  model's next-token distribution from the float model's (nats), top-1 agreement (% of positions where
+  both rank the same token first) and perplexity ratio (quantized / float) on that text, as llama.cpp's
+  `perplexity --kl-divergence` reports them.
+Pipeline (`axeq.pipeline.quantize_model`): block by block (first block's inputs caught once, float and
+quantized streams carried block to block), true-sequential inside each block (q/k/v, then o, then
+w1/w3, then w2; layers of a group quantized concurrently), SmoothQuant alpha = 0.4 folded into the
+RMSNorms, per-tensor static 8-bit unsigned activations with the range fitted by `{act_range}` on X~,
+{upload} uploads (float64 on the client), bias correction on the server (no biases in this model). All
+35 linear layers go through a running axeq-server; the tied embedding/classifier stays float.
+Tiles: T = {tile} (2 tiles for K = 64, 6 for K = 172) with P_I = P - {growth}, so that the outer
+accumulator of Eq. 21 (P_I + 1 for K = 64, P_I + 3 for K = 172) stays within P bits too.
+Certificates: every one re-verified by the Python client's independent verifier, pinned to the P, T,
+N and M the configuration asked for. Seconds: wall time of the pipeline for the configuration.
+"""
+
+
+def write_markdown(a, rows, nb):
+    with open(a.out, "w") as f:
+        f.write("# stories260K quantized through axeq-server\n\n")
+        f.write(f"Produced by `/usr/bin/python3 examples/stories260k.py --out {a.out}` ({time.strftime('%Y-%m-%d')}, "
+                "2 PyTorch threads, one local axeq-server).\n\n")
+        f.write(METHOD.format(nb=nb, seq=a.seq, tile=TILE, growth=TILE_OUTER_GROWTH, act_range=a.act_range,
+                              upload=a.upload, **HELD_OUT))
+        f.write("\n| configuration | WikiText-2 ppl | KL to float | top-1 agree | ppl ratio | weight sparsity "
+                "| certificates | min P_O | W/A bits | seconds |\n|---|---|---|---|---|---|---|---|---|---|\n")
+        for r in rows:
+            f.write(f"| {r['name']} | {r['ppl']:.2f} | {r['kld']:.4f} | {r['top1_agreement']:.1f}% | {r['ppl_ratio']:.4f} "
+                    f"| {r['sparsity']:.3f} | {r['verified']} | {r['min_po']} | {r['bits']} | {r['seconds']:.1f} |\n")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Quantization options and the activation quantizer, mirroring axeq.v1.QuantizationConfig."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,6 +32,10 @@ class Config:
     precision: str = "float32"
     bias_correction: bool = True
     quality_report: bool = True      # False skips the relative errors (large layers)
+    # Client side only (not on the wire): how the N-bit activation range is fitted to X~ by the
+    # pipeline and by Client.quantize when it is given rows without a quantizer.
+    act_range: str = "mse"           # mse | percentile | minmax (see ActivationQuantizer.calibrate)
+    act_percentiles: tuple = (0.001, 99.999)
 
     def to_proto(self, pb):
         c = pb.QuantizationConfig()
@@ -61,6 +65,47 @@ class Config:
         return c
 
 
+RANGE_METHODS = ("minmax", "percentile", "mse")
+MSE_MULTIPLIERS = np.linspace(0.3, 1.0, 100)  # of the min/max range, searched by "mse"
+MSE_SAMPLE = 1 << 15                          # values the grid is searched on (strided subsample)
+MSE_FINALISTS = 4                             # best grid points re-scored on all values
+
+
+def _is_torch(x) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def _flat_finite(x):
+    """x as a flat float32 array or tensor (a torch tensor stays on its device)."""
+    if _is_torch(x):
+        import torch
+        x = x.detach().reshape(-1).float()
+        ok = x.numel() > 0 and bool(torch.isfinite(x).all())
+    else:
+        x = np.asarray(x, dtype=np.float32).ravel()
+        ok = x.size > 0 and bool(np.isfinite(x).all())
+    if not ok:
+        raise ValueError("calibration inputs must be non-empty and finite")
+    return x
+
+
+def _percentile(x, p: float) -> float:
+    """np.percentile's linear interpolation; for tensors, through topk of the tail (on the device)."""
+    if not _is_torch(x):
+        return float(np.percentile(x, p))
+    n = x.numel()
+    pos = p / 100.0 * (n - 1)
+    i = int(np.floor(pos))
+    if p <= 50:
+        v = x.topk(min(n, i + 2), largest=False).values.sort().values
+        a, b = float(v[i]), float(v[min(i + 1, n - 1)])
+    else:
+        j = n - 1 - i  # how many values lie above index i
+        v = x.topk(min(n, j + 1)).values.sort(descending=True).values
+        a, b = float(v[j]), float(v[max(j - 1, 0)])
+    return a + (pos - i) * (b - a)
+
+
 @dataclass
 class ActivationQuantizer:
     """x~ = scale * (code - zero_point), code in [min_code, max_code] (per tensor)."""
@@ -78,12 +123,8 @@ class ActivationQuantizer:
         return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
 
     @classmethod
-    def calibrate(cls, x, bits: int = 8, signed: bool = False, percentiles=(0.0, 100.0)) -> "ActivationQuantizer":
-        """Fits the range to x (min/max, or percentiles such as (0.001, 99.999)); the range holds 0."""
-        x = np.asarray(x, dtype=np.float32).ravel()
-        if x.size == 0 or not np.isfinite(x).all():
-            raise ValueError("calibration inputs must be non-empty and finite")
-        lo, hi = (float(v) for v in np.percentile(x, percentiles))
+    def from_range(cls, lo: float, hi: float, bits: int = 8, signed: bool = False) -> "ActivationQuantizer":
+        """The quantizer whose grid covers [lo, hi] (widened to hold 0; symmetric when signed)."""
         q = cls(bits=bits, signed=signed)
         if signed:
             m = max(abs(lo), abs(hi))
@@ -93,15 +134,70 @@ class ActivationQuantizer:
             q.scale = (hi - lo) / q.max_code if hi > lo else 1.0
             q.zero_point = int(np.clip(np.rint(-lo / q.scale), 0, q.max_code))
         q.scale = float(np.float32(q.scale))
+        if q.scale <= 0 or not np.isfinite(q.scale):  # a range below float32's resolution
+            q.scale = 1.0
         return q
 
-    def codes(self, x) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        return np.clip(np.rint(x * np.float32(1.0 / np.float32(self.scale))) + self.zero_point,
-                       self.min_code, self.max_code).astype(np.float32)
+    @classmethod
+    def calibrate(cls, x, bits: int = 8, signed: bool = False, percentiles=None,
+                  method: str | None = None) -> "ActivationQuantizer":
+        """Fits the range to x (numpy array or torch tensor, any shape; a tensor stays on its
+        device). method: "minmax"; "percentile" (`percentiles`, default 0.001/99.999, as the
+        reference implementation); or "mse" (the default): the range among 100 multipliers 0.3..1.0
+        of the min/max range and the percentile range that minimises the mean squared quantization
+        error of x; never worse on x than "minmax" or "percentile". Giving only `percentiles`
+        selects "percentile" (older callers). Raises ValueError on empty or non-finite x."""
+        method = method or ("percentile" if percentiles is not None else "mse")
+        if method not in RANGE_METHODS:
+            raise ValueError(f"activation range method must be one of {RANGE_METHODS}, got {method!r}")
+        pct = tuple(percentiles) if percentiles is not None else (0.001, 99.999)
+        x = _flat_finite(x)
+        if method == "percentile":
+            return cls.from_range(_percentile(x, pct[0]), _percentile(x, pct[1]), bits, signed)
+        lo, hi = float(x.min()), float(x.max())
+        minmax = cls.from_range(lo, hi, bits, signed)
+        if method == "minmax":
+            return minmax
+        pctq = cls.from_range(_percentile(x, pct[0]), _percentile(x, pct[1]), bits, signed)
+        n = x.numel() if _is_torch(x) else x.size
+        sample = x[::-(-n // MSE_SAMPLE)]
+        sample = sample.contiguous() if _is_torch(sample) else np.ascontiguousarray(sample)
+        grid = [cls.from_range(a * lo, a * hi, bits, signed) for a in MSE_MULTIPLIERS]
+        best = [grid[i] for i in np.argsort(cls._mse_grid(sample, grid), kind="stable")[:MSE_FINALISTS]]
+        return min(best + [minmax, pctq], key=lambda q: q.mse(x))  # exact, on all of x
 
-    def apply(self, x) -> np.ndarray:
-        """Returns the dequantized quantized inputs X~ (float32)."""
+    @staticmethod
+    def _mse_grid(x, grid) -> np.ndarray:
+        """Mean squared quantization error of x [n] under every quantizer of grid, at once."""
+        s = np.array([[q.scale] for q in grid], dtype=np.float32)
+        z = np.array([[q.zero_point] for q in grid], dtype=np.float32)
+        lo, hi = grid[0].min_code, grid[0].max_code
+        if _is_torch(x):
+            import torch
+            s, z = (torch.from_numpy(a).to(x.device) for a in (s, z))
+            codes = torch.clamp(torch.round(x[None, :] * (1.0 / s)) + z, lo, hi)
+            return (s * (codes - z) - x[None, :]).pow(2).mean(-1).cpu().numpy()
+        codes = np.clip(np.rint(x[None, :] * (np.float32(1.0) / s)) + z, lo, hi)
+        return ((s * (codes - z) - x[None, :]) ** 2).mean(-1)
+
+    def mse(self, x) -> float:
+        """Mean squared error between x and apply(x)."""
+        e = self.apply(x) - x
+        return float(e.double().pow(2).mean()) if _is_torch(e) else float((e.astype(np.float64) ** 2).mean())
+
+    def codes(self, x):
+        """Integer codes of x as float32 (numpy array, or a tensor of x's dtype on x's device)."""
+        inv = float(np.float32(1.0) / np.float32(self.scale))
+        if _is_torch(x):
+            import torch
+            return torch.clamp(torch.round(x * inv) + self.zero_point, self.min_code, self.max_code)
+        x = np.asarray(x, dtype=np.float32)
+        return np.clip(np.rint(x * np.float32(inv)) + self.zero_point, self.min_code, self.max_code).astype(np.float32)
+
+    def apply(self, x):
+        """Returns the dequantized quantized inputs X~ (float32 numpy, or a tensor like x)."""
+        if _is_torch(x):
+            return (self.codes(x) - self.zero_point) * self.scale
         return (np.float32(self.scale) * (self.codes(x) - np.float32(self.zero_point))).astype(np.float32)
 
     def to_proto(self, pb):

@@ -1,5 +1,8 @@
-"""A small PyTorch Llama-2 for llama2.c checkpoints (stories260K; no downloads), its tok512
-tokenizer (llama2.c's BPE by scores, with byte fallback), and windowed perplexity."""
+"""A small PyTorch Llama-2 for llama2.c checkpoints (stories260K; no downloads) or random
+initialisation, its tok512 tokenizer (llama2.c's BPE by scores, with byte fallback), and the
+evaluations: windowed perplexity, seeded sampling of in-domain text from a model, and fidelity to a
+reference model on that text (mean KL divergence, top-1 agreement, perplexity ratio: the figures
+of llama.cpp's perplexity tool with --kl-divergence)."""
 from __future__ import annotations
 
 import math
@@ -232,3 +235,51 @@ def perplexity(model, tokens, window=512):
         nll += F.cross_entropy(logits, torch.tensor(chunk[1:]), reduction="sum").item()
         n += len(chunk) - 1
     return math.exp(nll / n)
+
+
+def random_llama(dim=1024, n_layers=8, hidden_dim=2816, n_heads=16, n_kv_heads=16, vocab_size=512,
+                 seq_len=512, seed=0) -> Llama:
+    """A randomly initialised Llama (N(0, 0.02) weights from a seeded generator; output
+    projections scaled by 1/sqrt(2 L)); ~100M parameters with the defaults."""
+    cfg = dict(dim=dim, n_layers=n_layers, hidden_dim=hidden_dim, n_heads=n_heads, n_kv_heads=n_kv_heads,
+               vocab_size=vocab_size, seq_len=seq_len)
+    m = Llama(cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if "norm" not in name:
+                scale = 0.02 / (math.sqrt(2 * n_layers) if name.endswith(("wo.weight", "w2.weight")) else 1)
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return m.eval()
+
+
+@torch.no_grad()
+def sample(model, n: int, length: int, seed: int = 0, bos: int = 1, temperature: float = 1.0) -> torch.Tensor:
+    """n sequences of `length` tokens (BOS first) sampled from model with a seeded generator:
+    in-domain held-out text for fidelity figures. Deterministic for a fixed seed and thread count."""
+    g = torch.Generator().manual_seed(seed)
+    toks = torch.full((n, 1), bos, dtype=torch.long)
+    for _ in range(length - 1):
+        p = F.softmax(model(toks)[:, -1].float() / temperature, dim=-1)
+        toks = torch.cat([toks, torch.multinomial(p, 1, generator=g)], dim=1)
+    return toks
+
+
+@torch.no_grad()
+def log_probs(model, tokens: torch.Tensor) -> torch.Tensor:
+    """Next-token log-probabilities [n, length - 1, vocab] of model on tokens [n, length]."""
+    return F.log_softmax(model(tokens)[:, :-1].double(), dim=-1)
+
+
+@torch.no_grad()
+def fidelity(model, tokens: torch.Tensor, reference: torch.Tensor) -> dict:
+    """How closely model follows the reference on tokens [n, length], given the reference's
+    log_probs: mean KL(reference || model) over all predicted positions (nats), top-1 agreement
+    (% of positions where both pick the same most likely token), perplexity of model on tokens and
+    its ratio to the reference's."""
+    lp = log_probs(model, tokens)
+    target = tokens[:, 1:, None]
+    kld = (reference.exp() * (reference - lp)).sum(-1).mean()
+    nll, ref_nll = -lp.gather(-1, target).mean(), -reference.gather(-1, target).mean()
+    return {"kld": float(kld), "top1_agreement": 100.0 * float((lp.argmax(-1) == reference.argmax(-1)).double().mean()),
+            "ppl_sampled": math.exp(float(nll)), "ppl_ratio": math.exp(float(nll - ref_nll))}

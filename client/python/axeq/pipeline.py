@@ -1,11 +1,16 @@
-"""PyTorch helper: quantize the nn.Linear layers of a model through axeq-server, true-sequentially.
+"""PyTorch pipeline: quantize the nn.Linear layers of a model's repeated blocks through axeq-server,
+block by block, as GPTQModel and llm-compressor do.
 
-For each group of layers that share an input (q/k/v of one block run concurrently), it collects the
-float model's inputs X and the partially quantized model's inputs, quantizes the latter to N bits
-(X~, per-tensor static by percentiles, or per-token dynamic), streams X and X~ to the service,
-writes the dequantized weights and corrected biases back, and installs the activation quantizer on
-the layer, so the next group is calibrated on the quantized model. SmoothQuant (alpha, default 0.4
-as in the paper's Appendix D) can be applied first. Integer codes and certificates are kept."""
+The inputs (and keyword arguments: masks, positions) of the first block are caught once; then per
+block, the calibration set runs through the float block (X) and the block quantized so far (X~),
+true-sequentially inside the block (layers sharing an input, e.g. q/k/v, go together, then o, then
+up/gate, then down); each group's statistics X~^T X~, X~^T X (and X^T X, means when needed) are
+accumulated in float64 on the model's device and uploaded, the layers are quantized concurrently,
+the dequantized weights and corrected biases written back in place and the N-bit activation
+quantizer installed as a forward pre-hook; both streams are carried to the next block. Memory: the
+model once, one float copy of the current block and one block's activations. SmoothQuant
+(alpha 0.4, the paper's Appendix D) can be folded in per block first. Codes and certificates are
+returned per layer."""
 from __future__ import annotations
 
 import copy
@@ -14,9 +19,10 @@ import sys
 import time
 from dataclasses import replace
 
-import numpy as np
 import torch
 
+from .blocks import (ActivationHook, capture_block_inputs, find_blocks, hidden, host, install_activation_hook,
+                     fold_smoothing, layer_inputs, linear_groups, merge_stream, smoothing_scales, statistics)
 from .client import Client, LayerResult
 from .config import ActivationQuantizer, Config
 
@@ -41,111 +47,194 @@ def naive_bit_widths(k: int, m: int, n: int, signed: bool, p: int):
     return best[1], best[2]
 
 
-@torch.no_grad()
-def smooth_quant(model, batches, pairs, alpha: float = 0.4):
-    """SmoothQuant: per input channel j, s_j = max|X_j|^alpha / max|W_:j|^(1-alpha); the preceding
-    norm's weight is divided by s and the following linears' columns multiplied by it."""
-    mods = dict(model.named_modules())
-    stats = {}
-    hooks = []
-    for norm, names in pairs:
-        def hook(mod, inp, out, key=id(norm)):
-            m = out.detach().abs().reshape(-1, out.shape[-1]).amax(0)
-            stats[key] = torch.maximum(stats[key], m) if key in stats else m
-        hooks.append(norm.register_forward_hook(hook))
-    for b in batches:
-        model(b)
-    for h in hooks:
-        h.remove()
-    for norm, names in pairs:
-        wmax = torch.stack([mods[n].weight.abs().amax(0) for n in names]).amax(0)
-        s = (stats[id(norm)].clamp(min=1e-5) ** alpha / wmax.clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)
-        norm.weight.div_(s)
+class QuantizedModel(dict):
+    """{layer name: LayerResult}, plus .timings (seconds: capture, forward, statistics, server,
+    total) and .upload_bytes."""
+    timings: dict
+    upload_bytes: int = 0
+
+
+class LayerProgress:
+    """Progress over the layers: a tqdm bar when stderr is a terminal (and tqdm is installed),
+    else one line per finished layer (log files stay readable)."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        self.total, self.done, self.t0, self.bar = total, 0, time.time(), None
+        self.enabled = enabled
+        if enabled and sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+                self.bar = tqdm(total=total, unit="layer", desc="axeq", file=sys.stderr)
+            except ImportError:
+                pass
+
+    def layer(self, r: LayerResult):
+        self.done += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(r.name, refresh=False)
+            self.bar.update(1)
+        elif self.enabled:
+            err = r.report.get("relative_error", float("nan"))
+            sys.stderr.write(f"axeq {self.done}/{self.total} {r.name} W{r.report.get('weight_bits')}"
+                             f"A{r.report.get('input_bits')} rel.err {err:.4f} min P_O "
+                             f"{r.certificate['min_outer_accumulator_bits']} {time.time() - self.t0:.1f}s\n")
+            sys.stderr.flush()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _Run:
+    """One quantize_model call: its options, client, progress, timings and results."""
+
+    def __init__(self, client, config, opts):
+        self.client, self.config, self.o = client, config, opts
+        self.results = QuantizedModel()
+        self.results.timings = dict(capture=0.0, forward=0.0, statistics=0.0, server=0.0, total=0.0)
+
+    def tick(self, key, t0):
+        self.results.timings[key] += time.time() - t0
+        return time.time()
+
+    def layer_config(self, lin) -> Config:
+        c = self.config
+        if c.method != "naive":
+            return c
+        m, n = naive_bit_widths(lin.in_features, c.weight_bits, c.input_bits, c.signed_inputs, c.accumulator_bits)
+        return replace(c, method="base", weight_bits=m, input_bits=n)
+
+    def spec(self, name, lin, cfg, hook, xq_raw, x):
+        """quantize()'s arguments for one layer from its inputs (rows or statistics)."""
+        o = self.o
+        xq = hook.quantize(xq_raw)
+        spec = {"name": name, "weight": host(lin.weight), "config": cfg, "activation": hook.act,
+                "bias": None if lin.bias is None else host(lin.bias), "relative_error": o["relative_error"]}
+        if o["upload"] == "rows":
+            spec.update(inputs=host(xq_raw if x is None else x), quant_inputs=host(xq))
+            return spec
+        cross = cfg.algorithm == "gpfq" or o["relative_error"]
+        means = lin.bias is not None and cfg.bias_correction
+        st = statistics(xq, x, cross=cross, xx=o["relative_error"], means=means)
+        spec.update(samples=xq.shape[0], **{k: host(v) for k, v in st.items()})
+        return spec
+
+    @torch.no_grad()
+    def group(self, prefix, block, fblock, names, qstream, fstream, pairs, progress):
+        """Quantizes one group of layers of block (they share an input) and installs their results."""
+        t0 = time.time()
+        mods = dict(block.named_modules())
+        xq_raw = layer_inputs(block, qstream, mods[names[0]])
+        x = layer_inputs(fblock, fstream, dict(fblock.named_modules())[names[0]]) if fblock is not None else None
+        pair = pairs.get(names[0])
+        if pair:  # SmoothQuant, from the float inputs when they are carried: fold, rescale the inputs
+            s = smoothing_scales(xq_raw if x is None else x, [mods[n] for n in pair[1]], self.o["smoothquant_alpha"])
+            for blk in (block, fblock) if fblock is not None else (block,):
+                m = dict(blk.named_modules())
+                fold_smoothing(m[pair[0]], [m[n] for n in pair[1]], s)
+            xq_raw = xq_raw / s.to(xq_raw)
+            x = None if x is None else x / s.to(x)
+        t0 = self.tick("forward", t0)
+        specs, hooks, acts = [], {}, {}
         for n in names:
-            mods[n].weight.mul_(s)
+            lin, cfg = mods[n], self.layer_config(mods[n])
+            key = (cfg.input_bits, cfg.signed_inputs)
+            if key not in acts:  # one fit per bit width: the layers of a group share their input
+                acts[key] = ActivationQuantizer.calibrate(xq_raw, cfg.input_bits, cfg.signed_inputs,
+                                                          cfg.act_percentiles, cfg.act_range)
+            hooks[n] = ActivationHook(acts[key], self.o["dynamic_activations"])
+            specs.append(self.spec(prefix + n, lin, cfg, hooks[n], xq_raw, x))
+        del xq_raw, x
+        t0 = self.tick("statistics", t0)
+        for r in self.client.quantize_many(specs, max_concurrency=self.o["max_concurrency"],
+                                           on_result=progress.layer):
+            lin = mods[r.name[len(prefix):]]
+            lin.weight.copy_(torch.from_numpy(r.dequantized()).to(lin.weight))
+            if r.bias is not None and lin.bias is not None:
+                lin.bias.copy_(torch.from_numpy(r.bias).to(lin.bias))
+            install_activation_hook(lin, hooks[r.name[len(prefix):]])
+            self.results[r.name] = r
+        self.tick("server", t0)
+
+    @torch.no_grad()
+    def block(self, prefix, block, qstream, fstream, pairs, groups, progress):
+        """Quantizes one block true-sequentially; returns the streams at its output."""
+        t0 = time.time()
+        for m in block.modules():
+            if isinstance(m, torch.nn.Linear):
+                install_activation_hook(m, None)
+        fblock = copy.deepcopy(block) if fstream is not None else None  # this block's float weights
+        t0 = self.tick("forward", t0)
+        for names in groups or linear_groups(block, qstream):
+            self.group(prefix, block, fblock, names, qstream, fstream, pairs, progress)
+        t0 = time.time()
+        qstream = [[hidden(block(x, *a, **kw)), a, kw] for x, a, kw in qstream]
+        if fstream is not None:
+            fstream = [[hidden(fblock(x, *a, **kw)), a, kw] for x, a, kw in fstream]
+        self.tick("forward", t0)
+        return qstream, fstream
 
 
-class _ActQuant:
-    """Forward pre-hook applying the N-bit activation quantizer (static or per-token dynamic)."""
+def quantize_model(model, batches, client: Client, config: Config | None = None, *, blocks=None,
+                   groups=None, smooth_pairs=None, smoothquant_alpha: float | None = 0.4,
+                   upload: str = "statistics", relative_error: bool = False,
+                   dynamic_activations: bool = False, max_concurrency: int = 4,
+                   max_batch_tokens: int = 8192, progress: bool = True) -> QuantizedModel:
+    """Quantizes the nn.Linear layers of model's repeated blocks in place, block by block; returns
+    {layer name: LayerResult} (codes, scales, certificate) with .timings.
 
-    def __init__(self, act: ActivationQuantizer, dynamic: bool):
-        self.act, self.dynamic = act, dynamic
-
-    def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.act
-        if not self.dynamic:
-            s = torch.tensor(a.scale, dtype=x.dtype)
-            return s * (torch.clamp(torch.round(x / s) + a.zero_point, a.min_code, a.max_code) - a.zero_point)
-        lo = torch.minimum(x.amin(-1, keepdim=True), torch.zeros(()))
-        hi = torch.maximum(x.amax(-1, keepdim=True), torch.zeros(()))
-        if a.signed:
-            s = torch.maximum(hi, -lo).clamp(min=1e-8) / a.max_code
-            return s * torch.clamp(torch.round(x / s), a.min_code, a.max_code)
-        s = ((hi - lo) / a.max_code).clamp(min=1e-8)
-        zp = torch.clamp(torch.round(-lo / s), 0, a.max_code)
-        return s * (torch.clamp(torch.round(x / s) + zp, 0, a.max_code) - zp)
-
-    def __call__(self, mod, inputs):
-        return (self.quantize(inputs[0]),) + tuple(inputs[1:])
-
-
-def _capture(model, batches, names):
-    mods = dict(model.named_modules())
-    seen = {n: [] for n in names}
-    hooks = [mods[n].register_forward_pre_hook(lambda m, i, n=n: seen[n].append(i[0].detach().reshape(-1, i[0].shape[-1])))
-             for n in names]
-    with torch.no_grad():
-        for b in batches:
-            model(b)
-    for h in hooks:
-        h.remove()
-    return {n: torch.cat(v).float().numpy() for n, v in seen.items()}
-
-
-def quantize_model(model, batches, client: Client, config: Config, *, groups=None, smooth_pairs=None,
-                   smoothquant_alpha: float | None = 0.4, act_percentiles=(0.001, 99.999),
-                   dynamic_activations: bool = False, max_concurrency: int = 3, progress: bool = True):
-    """Quantizes model in place; returns {layer name: LayerResult} (codes, scales, certificate).
-    groups: lists of nn.Linear names in execution order (layers in one group share their input and
-    go concurrently); default: every nn.Linear, one per group, in module order."""
+    batches: model inputs (tensors, or tuples/dicts of arguments). blocks: the nn.ModuleList of
+    blocks (default: find_blocks). groups: optional lists of layer names (full names) quantized
+    together, in execution order; default: found by running the block (layers sharing an input).
+    smooth_pairs: (norm module, [linear names]) for SmoothQuant. upload: "statistics" (K x K,
+    computed here in float64) or "rows". relative_error: also compute X^T X so the server reports
+    relative errors. max_batch_tokens: calibration batches are merged into forward passes of up
+    to this many tokens (merge_stream; lower it to bound attention's memory). The activation range
+    is fitted by config.act_range on X~. Layers outside
+    the blocks (embeddings, classifier) stay float. ValueError on bad options."""
+    config = config or Config()
+    if upload not in ("statistics", "rows"):
+        raise ValueError(f"upload must be 'statistics' or 'rows', got {upload!r}")
+    t_start = time.time()
     model.eval()
+    prefix, blocks = find_blocks(model) if blocks is None else (_name_of(model, blocks), blocks)
+    run = _Run(client, config, dict(upload=upload, relative_error=relative_error, max_concurrency=max_concurrency,
+                                    dynamic_activations=dynamic_activations, smoothquant_alpha=smoothquant_alpha))
+    has_bias = any(m.bias is not None for m in blocks.modules() if isinstance(m, torch.nn.Linear))
+    need_float = config.algorithm == "gpfq" or relative_error or (has_bias and config.bias_correction)
     mods = dict(model.named_modules())
-    if groups is None:
-        groups = [[n] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    if smoothquant_alpha and smooth_pairs:
-        smooth_quant(model, batches, smooth_pairs, smoothquant_alpha)
-    reference = copy.deepcopy(model)  # the float model (after smoothing): source of X
-    results, total, done, t0 = {}, sum(len(g) for g in groups), 0, time.time()
-    for group in groups:
-        xs = _capture(reference, batches, group)
-        cur = _capture(model, batches, group)
-        specs, hooks = [], {}
-        for name in group:
-            lin = mods[name]
-            k = lin.in_features
-            cfg = config
-            if config.method == "naive":
-                m, n = naive_bit_widths(k, config.weight_bits, config.input_bits, config.signed_inputs, config.accumulator_bits)
-                cfg = replace(config, method="base", weight_bits=m, input_bits=n)
-            act = ActivationQuantizer.calibrate(cur[name], cfg.input_bits, cfg.signed_inputs, act_percentiles)
-            hook = _ActQuant(act, dynamic_activations)
-            xq = hook.quantize(torch.from_numpy(cur[name])).numpy()
-            hooks[name] = hook
-            specs.append({"name": name, "weight": lin.weight.detach().float().numpy(),
-                          "bias": None if lin.bias is None else lin.bias.detach().float().numpy(),
-                          "inputs": xs[name], "quant_inputs": xq, "activation": act, "config": cfg})
-        for r in client.quantize_many(specs, max_concurrency=max_concurrency):
-            lin = mods[r.name]
-            with torch.no_grad():
-                lin.weight.copy_(torch.from_numpy(r.dequantized()))
-                if r.bias is not None and lin.bias is not None:
-                    lin.bias.copy_(torch.from_numpy(r.bias))
-            lin.register_forward_pre_hook(hooks[r.name])
-            results[r.name] = r
-            done += 1
-            if progress:
-                bar = "#" * int(30 * done / total)
-                sys.stderr.write(f"\r[{bar:<30}] {done}/{total} layers {time.time() - t0:5.1f}s {r.name:<32}")
-        if progress and done == total:
-            sys.stderr.write("\n")
-    return results
+    total = sum(isinstance(m, torch.nn.Linear) for m in blocks.modules())
+    bar = LayerProgress(total, progress)
+    t0 = time.time()
+    qstream = merge_stream(capture_block_inputs(model, blocks[0], batches), max_batch_tokens)
+    fstream = [list(s) for s in qstream] if need_float else None
+    run.tick("capture", t0)
+    try:
+        for i, block in enumerate(blocks):
+            p = f"{prefix}.{i}." if prefix else f"{i}."
+            pairs = _block_pairs(block, smooth_pairs, p) if smoothquant_alpha else {}
+            bgroups = None if groups is None else [[n[len(p):] for n in g] for g in groups if g[0].startswith(p)]
+            qstream, fstream = run.block(p, block, qstream, fstream, pairs, bgroups, bar)
+    finally:
+        bar.close()
+    run.results.timings["total"] = time.time() - t_start
+    return run.results
+
+
+def _name_of(model, module) -> str:
+    for n, m in model.named_modules():
+        if m is module:
+            return n
+    raise ValueError("blocks is not a submodule of model")
+
+
+def _block_pairs(block, smooth_pairs, prefix) -> dict:
+    """{first linear's name: (norm's name, [linear names])} for the SmoothQuant pairs inside block
+    (names relative to it)."""
+    names = {m: n for n, m in block.named_modules()}
+    out = {}
+    for norm, linears in smooth_pairs or ():
+        if norm in names:
+            rel = [n[len(prefix):] for n in linears]
+            out.update({n: (names[norm], rel) for n in rel})
+    return out
