@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Generates the axeq.v1 Python stubs into a package tree with Debian's protoc and
-# grpc_python_plugin (python3-grpc-tools bundles a 2017 protoc; ../shared/NOTES.md).
-# Usage: client/python/generate.sh [OUT_DIR]   (default: client/python, i.e. in place for pip)
+# grpc_python_plugin (python3-grpc-tools bundles a 2017 protoc; ../shared/NOTES.md). CMake's
+# axeq_python target uses it for <build>/python; `pip install client/python` does not need it
+# (setup.py generates the stubs at build time).
+# Usage: client/python/generate.sh [OUT_DIR]   (default: client/python, for PYTHONPATH=client/python)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-$here}
