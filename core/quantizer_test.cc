@@ -2,6 +2,7 @@
 #include "core/quantizer.h"
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
@@ -165,6 +166,27 @@ TEST(ActivationRangeSearch, PercentilesInterpolateLikeNumpy) {
   EXPECT_EQ(cal.method, ActivationRange::kPercentile);
   EXPECT_EQ(ActivationCalibration{}.method, ActivationRange::kMse);
   EXPECT_STREQ(ActivationRangeName(ActivationRange::kMse), "mse");
+}
+
+TEST(RoundCode, EqualsStdRoundAndTruncBitForBit) {
+  std::mt19937_64 rng(testing::TestSeed(5));
+  std::uniform_real_distribution<double> u(-300, 300);
+  int64_t bad = 0;
+  auto check = [&](double x) {
+    const double a = RoundCode(x, Rounding::kNearest), b = std::round(x);
+    const double c = RoundCode(x, Rounding::kToZero), d = std::trunc(x);
+    bad += std::memcmp(&a, &b, sizeof a) != 0 || std::memcmp(&c, &d, sizeof c) != 0;
+  };
+  for (double x : {0.5, -0.5, 1.5, -2.5, 0.49999999999999994, -0.0, 4503599627370495.5, 1e300})
+    check(x);
+  for (int i = 0; i < 200000; ++i) {
+    check(u(rng));
+    const double tie = std::ldexp(static_cast<double>(static_cast<int64_t>(rng() % 601) - 300), -1);
+    check(tie);
+    check(std::nextafter(tie, 0.0));
+    check(std::nextafter(tie, tie * 2));
+  }
+  EXPECT_EQ(bad, 0);
 }
 
 TEST(ActivationQuantizer, RejectsBadInput) {
