@@ -1,12 +1,13 @@
-// Tests of the llama2.c loader (known greedy output of stories260K), the embedded job and
-// result-file verification. Real data comes from ../shared/data; missing data fails the test.
+// Tests of the embedded job on real captured layers (stories260K, from ../shared/data; missing
+// data fails the test): quantize, verify, round-trip through the RESULT codec, bad inputs.
 #include <cstdlib>
 #include <fstream>
 #include <random>
 
 #include "client/job.h"
-#include "client/llama2c.h"
-#include "formats/certificate_json.h"
+#include "tools/llama2c.h"
+#include "core/verify.h"
+#include "formats/result_file.h"
 #include "gtest/gtest.h"
 
 namespace axeq {
@@ -22,25 +23,6 @@ std::string RequireFile(const std::string& rel) {
   std::ifstream f(p);
   if (!f) ADD_FAILURE() << "required real data is missing: " << p << " (set AXEQ_SHARED_DATA)";
   return p;
-}
-
-TEST(Llama2c, GreedyStoryMatchesKnownAnswer) {
-  auto m = LoadLlama2c(RequireFile("stories260K/stories260K.bin"));
-  ASSERT_TRUE(m.ok()) << m.status();
-  EXPECT_EQ(m->config.dim, 64);
-  EXPECT_EQ(m->config.hidden_dim, 172);
-  EXPECT_EQ(m->linears.size(), 35u);
-  auto vocab = LoadLlama2cVocab(RequireFile("stories260K/tok512.bin"), m->config.vocab_size);
-  ASSERT_TRUE(vocab.ok()) << vocab.status();
-  std::mt19937_64 rng(0);
-  const std::string text = DecodeTokens(*vocab, Llama2cGenerate(*m, 20, 0.0f, rng));
-  EXPECT_EQ(text.rfind("Once upon a time, there was a little girl named Lily.", 0), 0u) << text;
-}
-
-TEST(Llama2c, TruncatedCheckpointIsAnError) {
-  const std::string p = ::testing::TempDir() + "trunc.bin";
-  std::ofstream(p, std::ios::binary) << std::string(40, '\x01');
-  EXPECT_FALSE(LoadLlama2c(p).ok());
 }
 
 TEST(Job, QuantizesCapturedLayersAndVerifies) {
@@ -63,18 +45,19 @@ TEST(Job, QuantizesCapturedLayersAndVerifies) {
   ASSERT_TRUE(outs.ok()) << outs.status();
   ASSERT_EQ(outs->size(), 2u);
   EXPECT_GT(calls, 2);
-  for (const auto& o : *outs) EXPECT_TRUE(o.result.certificate.safe) << o.name;
-  SafetensorsFile f = ResultsToFile(*outs, jo);
-  auto v = VerifyResultFile(f);
-  ASSERT_TRUE(v.ok());
-  for (const auto& r : *v) EXPECT_TRUE(r.consistent && r.safe) << r.name;
-  // Flip one code: the verifier notices.
+  for (const auto& o : *outs) {
+    EXPECT_TRUE(o.certificate.safe) << o.name;
+    EXPECT_TRUE(VerifyCertificate(o.codes, o.certificate).ok()) << o.name;
+  }
+  // Through the RESULT codec and back: the same layers, and a flipped code is noticed.
+  SafetensorsFile f = ResultToSafetensors(*outs);
+  auto back = DecodeResult(f);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ((*back)[0].codes, (*outs)[0].codes);
   f.tensors["layers.0.attention.wq.qweight"].data[5] ^= 1;
-  v = VerifyResultFile(f);
-  ASSERT_TRUE(v.ok());
-  bool caught = false;
-  for (const auto& r : *v) caught = caught || !r.consistent;
-  EXPECT_TRUE(caught);
+  back = DecodeResult(f);
+  ASSERT_TRUE(back.ok());
+  EXPECT_FALSE(VerifyCertificate((*back)[0].codes, (*back)[0].certificate).consistent);
   // A calibration tensor of the wrong width is an INVALID_ARGUMENT naming the layer.
   cal.tensors["layers.0.attention.wq.inputs"] = MatrixToTensor(MatrixXf::Ones(4, 3));
   auto bad = RunQuantizeJob(model, cal, jo);

@@ -7,11 +7,9 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "core/bounds.h"
 #include "core/status_macros.h"
 #include "core/thread_pool.h"
 #include "client/remote.h"
-#include "formats/certificate_json.h"
 
 namespace axeq {
 namespace {
@@ -31,7 +29,7 @@ namespace {
 class EmbeddedEngine : public Engine {
  public:
   explicit EmbeddedEngine(int threads) : pool_(threads) {}
-  absl::StatusOr<LayerOutcome> Run(const LayerTask& t, const std::function<void(double, const std::string&)>& progress) override {
+  absl::StatusOr<QuantizedLayer> Run(const LayerTask& t, const std::function<void(double, const std::string&)>& progress) override {
     const auto t0 = std::chrono::steady_clock::now();
     RunContext ctx;
     ctx.parallel_for = [this](int64_t n, const std::function<void(int64_t)>& fn) { pool_.ParallelFor(n, fn); };
@@ -42,12 +40,11 @@ class EmbeddedEngine : public Engine {
     ctx.progress = [&](int64_t done, int64_t total) {
       if (progress) progress(static_cast<double>(done) / total, "");
     };
-    LayerOutcome o;
+    QuantizedLayer o;
+    AXEQ_ASSIGN_OR_RETURN(o, QuantizeLayer(t.weights, t.bias ? &*t.bias : nullptr, stats, t.options, ctx));
     o.name = t.name;
     o.activations = t.activations;
-    o.samples = stats.samples;
-    AXEQ_ASSIGN_OR_RETURN(o.result, QuantizeLayer(t.weights, t.bias ? &*t.bias : nullptr, stats, t.options, ctx));
-    o.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    o.run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return o;
   }
 
@@ -60,7 +57,7 @@ class RemoteEngine : public Engine {
   RemoteEngine(std::unique_ptr<RemoteClient> client, int concurrency)
       : client_(std::move(client)), concurrency_(std::max(1, concurrency)) {}
   int concurrency() const override { return concurrency_; }
-  absl::StatusOr<LayerOutcome> Run(const LayerTask& t, const std::function<void(double, const std::string&)>& progress) override {
+  absl::StatusOr<QuantizedLayer> Run(const LayerTask& t, const std::function<void(double, const std::string&)>& progress) override {
     RemoteLayer l{t.name, t.weights};
     l.bias = t.bias ? &*t.bias : nullptr;
     l.x = &t.x;
@@ -80,14 +77,8 @@ class RemoteEngine : public Engine {
       }
     });
     if (!r.ok()) return r.status();
-    LayerOutcome o;
-    o.name = t.name;
-    o.job_id = r->job_id;
-    o.result = std::move(r->result);
-    o.activations = r->activations;
-    o.samples = r->samples;
-    o.seconds = r->seconds;
-    return o;
+    r->name = t.name;
+    return r;
   }
 
  private:
@@ -105,7 +96,7 @@ std::unique_ptr<Engine> MakeRemoteEngine(std::unique_ptr<RemoteClient> client, i
   return std::make_unique<RemoteEngine>(std::move(client), concurrency);
 }
 
-absl::StatusOr<std::vector<LayerOutcome>> RunQuantizeJob(const SafetensorsFile& model,
+absl::StatusOr<std::vector<QuantizedLayer>> RunQuantizeJob(const SafetensorsFile& model,
                                                          const SafetensorsFile& calibration,
                                                          const JobOptions& options,
                                                          const JobProgress& progress, Engine* engine) {
@@ -138,14 +129,7 @@ absl::StatusOr<std::vector<LayerOutcome>> RunQuantizeJob(const SafetensorsFile& 
       AXEQ_ASSIGN_OR_RETURN(b, Get(model, name + ".bias", "model"));
       t.bias = Eigen::VectorXf(b.row(0).transpose());
     }
-    t.options = options.layer;
-    if (t.options.method == Method::kNaive) {  // naive bit-width manipulation: smaller M, N with P* <= P
-      BitWidths bw;
-      AXEQ_ASSIGN_OR_RETURN(bw, NaiveBitWidths(t.weights.cols(), t.options.weights.bits, t.options.inputs.bits,
-                                               t.options.inputs.is_signed, t.options.accumulator.bits));
-      t.options.weights.bits = bw.weight_bits;
-      t.options.inputs.bits = bw.input_bits;
-    }
+    AXEQ_ASSIGN_OR_RETURN(t.options, ResolveOptions(options.layer, t.weights.cols()));
     const bool has_xq = calibration.tensors.count(name + ".quant_inputs") && t.options.inputs.bits == options.layer.inputs.bits;
     if (has_xq) {
       AXEQ_ASSIGN_OR_RETURN(t.xq, Get(calibration, name + ".quant_inputs", "calibration"));
@@ -155,7 +139,7 @@ absl::StatusOr<std::vector<LayerOutcome>> RunQuantizeJob(const SafetensorsFile& 
       t.xq = t.activations.Apply(t.x);
     }
   }
-  std::vector<absl::StatusOr<LayerOutcome>> results(names.size(), absl::UnknownError("not run"));
+  std::vector<absl::StatusOr<QuantizedLayer>> results(names.size(), absl::UnknownError("not run"));
   std::atomic<size_t> next{0};
   std::atomic<bool> failed{false};
   auto worker = [&] {
@@ -178,7 +162,7 @@ absl::StatusOr<std::vector<LayerOutcome>> RunQuantizeJob(const SafetensorsFile& 
   for (int i = 1; i < conc; ++i) threads.emplace_back(worker);
   worker();
   for (auto& th : threads) th.join();
-  std::vector<LayerOutcome> out;
+  std::vector<QuantizedLayer> out;
   for (size_t li = 0; li < tasks.size(); ++li) {
     if (!results[li].ok()) {
       if (results[li].status().message() == "not run") continue;
@@ -186,84 +170,6 @@ absl::StatusOr<std::vector<LayerOutcome>> RunQuantizeJob(const SafetensorsFile& 
     }
     out.push_back(std::move(results[li]).value());
   }
-  return out;
-}
-
-nlohmann::json ReportToJson(const LayerOutcome& o) {
-  const auto& r = o.result;
-  auto num = [](double v) { return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(v); };
-  return {{"layer", o.name},
-          {"method", r.description},
-          {"output_channels", r.codes.rows()},
-          {"inputs", r.codes.cols()},
-          {"weight_bits", r.weight_bits},
-          {"input_bits", r.input_bits},
-          {"calibration_samples", o.samples},
-          {"relative_error", num(r.report.relative_error)},
-          {"relative_error_quantized_inputs", num(r.report.relative_error_quantized_inputs)},
-          {"sparsity", r.report.sparsity},
-          {"max_abs_code", r.report.max_abs_code},
-          {"mean_l1", r.report.mean_l1},
-          {"max_l1", r.report.max_l1},
-          {"min_accumulator_bits", r.report.min_accumulator_bits},
-          {"min_outer_accumulator_bits", r.report.min_outer_accumulator_bits},
-          {"certificate_safe", r.certificate.safe},
-          {"bias_corrected", r.bias_corrected},
-          {"damping", r.damping},
-          {"damping_retries", r.damping_retries},
-          {"dead_inputs", r.dead_inputs},
-          {"input_scale", o.activations.scale},
-          {"input_zero_point", o.activations.zero_point},
-          {"input_signed", o.activations.spec.is_signed},
-          {"seconds", o.seconds}};
-}
-
-SafetensorsFile ResultsToFile(const std::vector<LayerOutcome>& outcomes, const JobOptions& options) {
-  SafetensorsFile f;
-  for (const auto& o : outcomes) {
-    f.tensors[o.name + ".qweight"] = CodesToTensor(o.result.codes);
-    f.tensors[o.name + ".scales"] = MatrixToTensor(o.result.scales);
-    f.tensors[o.name + ".input_scale"] = ScalarF32Tensor(o.activations.scale);
-    f.tensors[o.name + ".input_zero_point"] = ScalarI32Tensor(o.activations.zero_point);
-    if (o.result.bias) f.tensors[o.name + ".bias"] = VectorToTensor(*o.result.bias);
-    f.metadata[o.name + ".certificate"] = CertificateToJson(o.result.certificate).dump();
-    f.metadata[o.name + ".report"] = ReportToJson(o).dump();
-  }
-  f.metadata["format"] = "axeq-result";
-  f.metadata["axeq.group_size"] = std::to_string(options.layer.weights.group_size);
-  return f;
-}
-
-absl::StatusOr<std::vector<VerifyOutcome>> VerifyResultFile(const SafetensorsFile& result) {
-  std::vector<VerifyOutcome> out;
-  for (const auto& [key, text] : result.metadata) {
-    if (!absl::EndsWith(key, ".certificate")) continue;
-    VerifyOutcome v;
-    v.name = key.substr(0, key.size() - std::string(".certificate").size());
-    auto cert = ParseCertificate(text);
-    auto it = result.tensors.find(v.name + ".qweight");
-    if (!cert.ok()) {
-      v.problems.push_back(std::string(cert.status().message()));
-    } else if (it == result.tensors.end()) {
-      v.problems.push_back("no " + v.name + ".qweight tensor");
-    } else {
-      auto codes = TensorToCodes(it->second, v.name + ".qweight");
-      if (!codes.ok()) {
-        v.problems.push_back(std::string(codes.status().message()));
-      } else {
-        Verification ver = VerifyCertificate(*codes, *cert);
-        v.consistent = ver.consistent;
-        v.safe = ver.safe;
-        v.problems = ver.problems;
-        v.accumulator_bits = cert->accumulator_bits;
-        v.tile_size = cert->tile_size;
-        v.min_accumulator_bits = cert->min_accumulator_bits;
-        v.min_outer_accumulator_bits = cert->min_outer_accumulator_bits;
-      }
-    }
-    out.push_back(std::move(v));
-  }
-  if (out.empty()) return absl::InvalidArgumentError("the file holds no <layer>.certificate metadata");
   return out;
 }
 

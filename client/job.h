@@ -1,6 +1,6 @@
-// An embedded quantization job: every layer of a LAYERS.safetensors file with its calibration
-// inputs from CAL.safetensors, through the core engine, into a RESULT.safetensors with integer
-// codes, scales, the activation quantizer, corrected biases, reports and certificates.
+// A quantization job: every layer of a LAYERS.safetensors file with its calibration inputs from
+// CAL.safetensors, through an engine (in-process core/, or a remote axeq-server), into
+// QuantizedLayers (formats/result_file.h writes them as a RESULT file).
 #ifndef AXEQ_CLIENT_JOB_H_
 #define AXEQ_CLIENT_JOB_H_
 
@@ -13,7 +13,6 @@
 #include "absl/status/statusor.h"
 #include "core/layer.h"
 #include "formats/safetensors.h"
-#include "nlohmann/json.hpp"
 
 namespace axeq {
 
@@ -22,15 +21,6 @@ struct JobOptions {
   ActivationCalibration activation_calibration;
   std::vector<std::string> layers;  // empty = every "<name>.weight" in the model file
   int threads = 0;                  // 0 = hardware threads
-};
-
-struct LayerOutcome {
-  std::string name;
-  std::string job_id;  // remote engine only
-  LayerResult result;
-  ActivationQuantizer activations;
-  int64_t samples = 0;
-  double seconds = 0;
 };
 
 // Progress: (layer index, layer count, layer name, fraction of this layer done). May be called
@@ -55,33 +45,18 @@ class Engine {
   virtual int concurrency() const { return 1; }  // layers in flight at once
   // progress(fraction of the layer, phase): phase is empty while quantizing, else what the
   // layer is waiting on ("uploading 40%", "queued").
-  virtual absl::StatusOr<LayerOutcome> Run(const LayerTask& task,
-                                           const std::function<void(double, const std::string&)>& progress) = 0;
+  virtual absl::StatusOr<QuantizedLayer> Run(
+      const LayerTask& task, const std::function<void(double, const std::string&)>& progress) = 0;
 };
 std::unique_ptr<Engine> MakeEmbeddedEngine(int threads);
 class RemoteClient;
 std::unique_ptr<Engine> MakeRemoteEngine(std::unique_ptr<RemoteClient> client, int concurrency);
 
-absl::StatusOr<std::vector<LayerOutcome>> RunQuantizeJob(const SafetensorsFile& model,
+absl::StatusOr<std::vector<QuantizedLayer>> RunQuantizeJob(const SafetensorsFile& model,
                                                          const SafetensorsFile& calibration,
                                                          const JobOptions& options,
                                                          const JobProgress& progress = {},
                                                          Engine* engine = nullptr);
-
-// Builds the RESULT file: tensors and per-layer certificate/report JSON in the metadata.
-SafetensorsFile ResultsToFile(const std::vector<LayerOutcome>& outcomes, const JobOptions& options);
-
-nlohmann::json ReportToJson(const LayerOutcome& o);
-
-struct VerifyOutcome {
-  std::string name;
-  bool consistent = false, safe = false;
-  std::vector<std::string> problems;
-  int accumulator_bits = 0, min_accumulator_bits = 0, min_outer_accumulator_bits = 0;
-  int64_t tile_size = 0;
-};
-// Re-checks every `<layer>.certificate` of a RESULT file against its `<layer>.qweight`.
-absl::StatusOr<std::vector<VerifyOutcome>> VerifyResultFile(const SafetensorsFile& result);
 
 }  // namespace axeq
 

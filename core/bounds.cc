@@ -74,12 +74,12 @@ int MinAccumulatorBits(int64_t lo, int64_t hi, bool twos_complement) {
   return 62;
 }
 
-int OuterAccumulatorBits(int inner_bits, int64_t k, int64_t tile_size) {
-  if (tile_size <= 0 || tile_size >= k) return inner_bits;
+int OuterAccumulatorBits(const AccumulatorSpec& acc, int64_t k) {
+  const int64_t t = acc.EffectiveTile(k);
   // ceil(P_I + log2(K/T)) = P_I + smallest e with T * 2^e >= K.
   int e = 0;
-  while ((tile_size << e) < k) ++e;
-  return inner_bits + e;
+  while ((t << e) < k) ++e;
+  return acc.bits + e;
 }
 
 AccumulatorBudget::AccumulatorBudget(const InputSpec& inputs, const AccumulatorSpec& acc)

@@ -38,9 +38,9 @@ int64_t AccumulatorMinMagnitude(int bits, bool twos_complement);
 // Returns the smallest P such that [lo, hi] fits a P-bit register (lo <= 0 <= hi).
 int MinAccumulatorBits(int64_t lo, int64_t hi, bool twos_complement);
 
-// Returns P_O of Eq. 21, ceil(P_I + log2(K) - log2(T)), exactly; P_I when monolithic (T = 0 or
-// T >= K).
-int OuterAccumulatorBits(int inner_bits, int64_t k, int64_t tile_size);
+// Returns P_O of Eq. 21, ceil(P_I + log2(K) - log2(T)), exactly, for P_I = acc.bits and
+// T = acc.EffectiveTile(K); P_I when monolithic.
+int OuterAccumulatorBits(const AccumulatorSpec& acc, int64_t k);
 
 // The exact greedy budget of one (channel, tile): with beta = sum of positive codes and
 // a = |sum of negative codes| chosen so far, the worst-case sums are

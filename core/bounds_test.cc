@@ -44,11 +44,11 @@ TEST(Accumulator, MinBitsAndOuter) {
   EXPECT_EQ(MinAccumulatorBits(-32767, 32767, false), 16);
   EXPECT_EQ(MinAccumulatorBits(-32768, 0, false), 17);
   EXPECT_EQ(MinAccumulatorBits(-32768, 0, true), 16);
-  EXPECT_EQ(OuterAccumulatorBits(16, 4096, 128), 21);
-  EXPECT_EQ(OuterAccumulatorBits(16, 4096, 100), 22);  // ceil(16 + 5.356)
-  EXPECT_EQ(OuterAccumulatorBits(16, 4096, 0), 16);
-  EXPECT_EQ(OuterAccumulatorBits(16, 64, 64), 16);
-  EXPECT_EQ(OuterAccumulatorBits(16, 172, 43), 18);
+  EXPECT_EQ(OuterAccumulatorBits(AccumulatorSpec{16, 128}, 4096), 21);
+  EXPECT_EQ(OuterAccumulatorBits(AccumulatorSpec{16, 100}, 4096), 22);  // ceil(16 + 5.356)
+  EXPECT_EQ(OuterAccumulatorBits(AccumulatorSpec{16, 0}, 4096), 16);
+  EXPECT_EQ(OuterAccumulatorBits(AccumulatorSpec{16, 64}, 64), 16);
+  EXPECT_EQ(OuterAccumulatorBits(AccumulatorSpec{16, 43}, 172), 18);
   EXPECT_DOUBLE_EQ(L1Radius(16, 8), (65536.0 - 2) / 255.0);
 }
 

@@ -31,13 +31,13 @@ std::string CodesSha256(const Eigen::Ref<const MatrixXi8>& codes) {
 
 std::string CertificateAssumptions(const Certificate& c) {
   return absl::StrCat(
-      "Inputs are ", c.input_bits, "-bit integer codes in [", c.input_min, ", ", c.input_max,
-      "] (", c.inputs_signed ? "signed" : "unsigned; the zero-point correction", " is applied outside "
-      "the accumulator", c.inputs_signed ? "" : "", "); weights are the certified ", c.weight_bits,
+      "Inputs are ", c.input.bits, "-bit integer codes in [", c.input_min(), ", ", c.input_max(),
+      "] (", c.input.is_signed ? "signed" : "unsigned; the zero-point correction", " is applied outside "
+      "the accumulator", c.input.is_signed ? "" : "", "); weights are the certified ", c.weight_bits,
       "-bit codes; the bias and scales are applied outside the accumulator. Each tile of ",
-      c.tile_size, " consecutive inputs (original input order) accumulates into a signed ",
-      c.accumulator_bits, "-bit register holding [", -AccumulatorMinMagnitude(c.accumulator_bits, c.twos_complement),
-      ", ", AccumulatorMax(c.accumulator_bits), "]; tile sums accumulate into a ",
+      c.tile_size(), " consecutive inputs (original input order) accumulates into a signed ",
+      c.accumulator.bits, "-bit register holding [", -AccumulatorMinMagnitude(c.accumulator.bits, c.accumulator.twos_complement),
+      ", ", AccumulatorMax(c.accumulator.bits), "]; tile sums accumulate into a ",
       c.outer_accumulator_bits, "-bit outer register. Every partial sum in any order lies in the "
       "channel's [lo, hi], so wrapping and saturating registers are both safe.");
 }
@@ -49,16 +49,11 @@ Certificate MakeCertificate(const Eigen::Ref<const MatrixXi8>& codes, int weight
   cert.output_channels = c;
   cert.inputs = k;
   cert.weight_bits = weight_bits;
-  cert.input_bits = inputs.bits;
-  cert.inputs_signed = inputs.is_signed;
-  cert.input_min = inputs.min_code();
-  cert.input_max = inputs.max_code();
-  cert.accumulator_bits = acc.bits;
-  cert.tile_size = (acc.tile_size <= 0 || acc.tile_size > k) ? k : acc.tile_size;
-  cert.twos_complement = acc.twos_complement;
-  cert.outer_accumulator_bits = OuterAccumulatorBits(acc.bits, k, cert.tile_size);
+  cert.input = inputs;
+  cert.accumulator = acc;
+  cert.outer_accumulator_bits = OuterAccumulatorBits(acc, k);
   cert.weights_sha256 = CodesSha256(codes);
-  const int64_t mu = cert.input_min, nu = cert.input_max, t = cert.tile_size;
+  const int64_t mu = cert.input_min(), nu = cert.input_max(), t = cert.tile_size();
   cert.channels.resize(c);
   std::vector<int> worst_bits(c, -1);
   (void)internal::RunChunked(c, ctx, [&](int64_t row0, int64_t rows) -> absl::Status {
@@ -104,65 +99,6 @@ Certificate MakeCertificate(const Eigen::Ref<const MatrixXi8>& codes, int weight
   cert.min_outer_accumulator_bits = std::max(min_outer, min_bits);
   cert.safe = cert.unsafe_channels == 0 && rows_fit;
   return cert;
-}
-
-Verification VerifyCertificate(const Eigen::Ref<const MatrixXi8>& codes,
-                               const Certificate& claimed) {
-  Verification v;
-  if (claimed.input_min > 0 || claimed.input_max < 0 || claimed.accumulator_bits < 2 ||
-      claimed.accumulator_bits > 64 || claimed.tile_size < 1) {
-    v.problems.push_back(absl::StrCat("certificate assumptions are malformed: input range [",
-                                      claimed.input_min, ", ", claimed.input_max, "], P = ",
-                                      claimed.accumulator_bits, ", T = ", claimed.tile_size));
-    return v;
-  }
-  // Recompute with the claimed assumptions; the input range is taken as stated, not re-derived.
-  InputSpec inputs;
-  inputs.bits = claimed.input_bits;
-  inputs.is_signed = claimed.inputs_signed;
-  AccumulatorSpec acc;
-  acc.bits = claimed.accumulator_bits;
-  acc.tile_size = claimed.tile_size;
-  acc.twos_complement = claimed.twos_complement;
-  Certificate re = MakeCertificate(codes, claimed.weight_bits, inputs, acc);
-  if (re.input_min != claimed.input_min || re.input_max != claimed.input_max)
-    v.problems.push_back(absl::StrCat("input range [", claimed.input_min, ", ", claimed.input_max,
-                                      "] is not that of ", claimed.input_bits, "-bit ",
-                                      claimed.inputs_signed ? "signed" : "unsigned", " codes"));
-  auto check = [&](const char* field, auto got, auto want) {
-    if (got != want) v.problems.push_back(absl::StrCat(field, ": claimed ", want, ", recomputed ", got));
-  };
-  check("output_channels", re.output_channels, claimed.output_channels);
-  check("inputs", re.inputs, claimed.inputs);
-  check("weights_sha256", re.weights_sha256, claimed.weights_sha256);
-  check("outer_accumulator_bits", re.outer_accumulator_bits, claimed.outer_accumulator_bits);
-  check("min_accumulator_bits", re.min_accumulator_bits, claimed.min_accumulator_bits);
-  check("min_outer_accumulator_bits", re.min_outer_accumulator_bits,
-        claimed.min_outer_accumulator_bits);
-  check("unsafe_channels", re.unsafe_channels, claimed.unsafe_channels);
-  check("safe", re.safe, claimed.safe);
-  const int64_t max_codes = int64_t{1} << (std::clamp(claimed.weight_bits, 1, 8) - 1);
-  if (codes.size() > 0 && (codes.cast<int>().maxCoeff() >= max_codes ||
-                           codes.cast<int>().minCoeff() < -max_codes))
-    v.problems.push_back(absl::StrCat("codes exceed the ", claimed.weight_bits, "-bit alphabet"));
-  if (claimed.channels.size() != re.channels.size()) {
-    v.problems.push_back(absl::StrCat("channels: claimed ", claimed.channels.size(),
-                                      " entries, codes have ", re.channels.size()));
-  } else {
-    int64_t shown = 0;
-    for (size_t r = 0; r < re.channels.size(); ++r) {
-      const ChannelBound &a = claimed.channels[r], &b = re.channels[r];
-      if (a.lo != b.lo || a.hi != b.hi || a.row_lo != b.row_lo || a.row_hi != b.row_hi) {
-        if (shown++ < 5)
-          v.problems.push_back(absl::StrCat("channel ", r, ": claimed [", a.lo, ", ", a.hi,
-                                            "], recomputed [", b.lo, ", ", b.hi, "]"));
-      }
-    }
-    if (shown > 5) v.problems.push_back(absl::StrCat("... ", shown - 5, " more channels differ"));
-  }
-  v.safe = re.safe;
-  v.consistent = v.problems.empty();
-  return v;
 }
 
 }  // namespace axeq

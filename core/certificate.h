@@ -3,7 +3,7 @@
 //   hi = sum_i max(q_i mu, q_i nu),  lo = sum_i min(q_i mu, q_i nu)   (Eq. 6-8, int64),
 // and every partial sum, in any order, lies in [lo, hi] because each term straddles 0; so the
 // guarantee holds for wrapping and saturating accumulators alike. The certificate is bound to the
-// codes by a SHA-256 digest; VerifyCertificate recomputes everything from the codes alone.
+// codes by a SHA-256 digest; core/verify.h re-checks it from the codes alone, sharing no code.
 #ifndef AXEQ_CORE_CERTIFICATE_H_
 #define AXEQ_CORE_CERTIFICATE_H_
 
@@ -30,13 +30,8 @@ struct Certificate {
   int64_t output_channels = 0;  // C
   int64_t inputs = 0;           // K
   int weight_bits = 0;          // M
-  int input_bits = 0;           // N
-  bool inputs_signed = false;
-  int64_t input_min = 0;        // mu (integer input code)
-  int64_t input_max = 0;        // nu
-  int accumulator_bits = 0;     // P, or P_I of each tile when tiled
-  int64_t tile_size = 0;        // T; equals K when monolithic
-  bool twos_complement = false; // whether -2^(P-1) is allowed
+  InputSpec input;              // N and signedness: input codes in [mu, nu] = [min_code, max_code]
+  AccumulatorSpec accumulator;  // P (P_I of each tile when tiled), T, two's complement
   int outer_accumulator_bits = 0;      // P_O of Eq. 21 (= P when monolithic)
   int min_accumulator_bits = 0;        // smallest P_I all tiles fit (exact)
   int min_outer_accumulator_bits = 0;  // smallest P_O all rows fit (exact)
@@ -44,6 +39,10 @@ struct Certificate {
   std::vector<ChannelBound> channels;
   int64_t unsafe_channels = 0;  // channels with a tile outside [-(2^(P-1)-1), 2^(P-1)-1]
   bool safe = false;            // no unsafe channel and every row fits P_O
+
+  int64_t input_min() const { return input.min_code(); }  // mu
+  int64_t input_max() const { return input.max_code(); }  // nu
+  int64_t tile_size() const { return accumulator.EffectiveTile(inputs); }  // T (K when monolithic)
 };
 
 // What the certificate assumes, stated in words for humans (zero-point and bias are added outside
@@ -58,16 +57,6 @@ std::string CodesSha256(const Eigen::Ref<const MatrixXi8>& codes);
 Certificate MakeCertificate(const Eigen::Ref<const MatrixXi8>& codes, int weight_bits,
                             const InputSpec& inputs, const AccumulatorSpec& acc,
                             const RunContext& ctx = {});
-
-struct Verification {
-  bool consistent = false;  // every claim matches the recomputation from the codes
-  bool safe = false;        // the recomputed verdict (independent of the claims)
-  std::vector<std::string> problems;  // human-readable mismatches, empty when consistent
-};
-
-// Recomputes every field of `claimed` from the codes and its stated assumptions (mu, nu, P, T,
-// two's complement). Never trusts the claimed bounds, digest or verdict.
-Verification VerifyCertificate(const Eigen::Ref<const MatrixXi8>& codes, const Certificate& claimed);
 
 }  // namespace axeq
 

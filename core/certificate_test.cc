@@ -3,6 +3,7 @@
 // over thousands of random layers: monolithic and tiled, signed and unsigned inputs, narrow and
 // full alphabets, sign-magnitude and two's-complement registers. AXE results must all be safe.
 #include "core/certificate.h"
+#include "core/verify.h"
 
 #include <cstdlib>
 #include <random>
@@ -146,8 +147,103 @@ TEST(Certificate, VerifierCatchesTampering) {
   lie.safe = !cert.safe;
   EXPECT_FALSE(VerifyCertificate(q, lie).consistent);
   lie = cert;
-  lie.input_max = 7;  // a narrower input range than 4-bit unsigned codes
+  lie.input.bits = 3;  // a narrower input range than the certificate was made for
   EXPECT_FALSE(VerifyCertificate(q, lie).consistent);
+  lie = cert;
+  lie.channels[0].worst_tile = 1;  // the worst tile's index is a claim too
+  EXPECT_FALSE(VerifyCertificate(q, lie).consistent);
+  lie = cert;
+  lie.channels.pop_back();
+  EXPECT_FALSE(VerifyCertificate(q, lie).consistent);
+}
+
+// Issue 10, point 2: codes all +7 with input_bits 62 overflow int64 sums; a self-consistent
+// certificate claiming them safe must be refused (the width is out of range), never computed.
+TEST(Certificate, VerifierRefusesOutOfRangeWidthsInsteadOfOverflowing) {
+  MatrixXi8 q = MatrixXi8::Constant(4, 4096, 7);
+  Certificate forged;
+  forged.output_channels = 4;
+  forged.inputs = 4096;
+  forged.weight_bits = 4;
+  forged.input.bits = 62;
+  forged.accumulator.bits = 16;
+  forged.outer_accumulator_bits = 16;
+  forged.min_accumulator_bits = 2;
+  forged.min_outer_accumulator_bits = 2;
+  forged.weights_sha256 = CodesSha256(q);
+  forged.channels.resize(4);
+  forged.safe = true;
+  Verification v = VerifyCertificate(q, forged);
+  EXPECT_FALSE(v.consistent);
+  EXPECT_FALSE(v.ok());
+  ASSERT_FALSE(v.problems.empty());
+  EXPECT_NE(v.problems[0].find("input_bits 62"), std::string::npos) << v.problems[0];
+  for (int bad_p : {0, 1, 65, 1000}) {
+    Certificate c = MakeCertificate(q.leftCols(8), 4, InputSpec{}, AccumulatorSpec{32});
+    c.accumulator.bits = bad_p;
+    EXPECT_FALSE(VerifyCertificate(q.leftCols(8), c).consistent) << bad_p;
+  }
+}
+
+// Issue 10, point 2: an honest certificate for another datapath (P = 32) does not pass for the
+// hardware the caller pins (P = 16, T = 64, N = 8 unsigned).
+TEST(Certificate, PinnedExpectationsRejectAnotherDatapath) {
+  std::mt19937_64 rng(TestSeed(909));
+  MatrixXi8 q(3, 128);
+  for (int64_t i = 0; i < q.size(); ++i) q.data()[i] = static_cast<int8_t>(static_cast<int>(rng() % 15) - 7);
+  AccumulatorSpec acc32{32, 64};
+  Certificate honest32 = MakeCertificate(q, 4, InputSpec{}, acc32);
+  ASSERT_TRUE(VerifyCertificate(q, honest32).ok());
+  VerifyExpectations hw;
+  hw.accumulator_bits = 16;
+  hw.tile_size = 64;
+  hw.input_bits = 8;
+  hw.inputs_signed = false;
+  Verification v = VerifyCertificate(q, honest32, hw);
+  EXPECT_TRUE(v.consistent);  // the claims hold ...
+  EXPECT_FALSE(v.as_expected);  // ... for another datapath
+  EXPECT_FALSE(v.ok());
+  hw.accumulator_bits = 32;
+  EXPECT_TRUE(VerifyCertificate(q, honest32, hw).ok());
+  hw.tile_size = 0;  // monolithic hardware, tiled certificate
+  EXPECT_FALSE(VerifyCertificate(q, honest32, hw).ok());
+  hw.tile_size = 64;
+  hw.weight_bits = 3;
+  EXPECT_FALSE(VerifyCertificate(q, honest32, hw).ok());
+}
+
+// The two implementations (MakeCertificate and the independent verifier) agree on random layers,
+// and any single-field change of an honest certificate is caught.
+TEST(Certificate, IndependentVerifierAgreesAndCatchesEveryFieldChange) {
+  std::mt19937_64 rng(TestSeed(1010));
+  for (int trial = 0; trial < 300; ++trial) {
+    const int64_t c = 1 + rng() % 5, k = 1 + rng() % 200;
+    const int m = 2 + trial % 7;
+    MatrixXi8 q(c, k);
+    const int half = 1 << (m - 1);
+    for (int64_t i = 0; i < q.size(); ++i)
+      q.data()[i] = static_cast<int8_t>(static_cast<int>(rng() % (2 * half)) - half);
+    InputSpec in{2 + static_cast<int>(rng() % 15), static_cast<bool>(rng() % 2)};
+    AccumulatorSpec acc{2 + static_cast<int>(rng() % 40), static_cast<int>(rng() % (k + 1)),
+                        static_cast<bool>(rng() % 2)};
+    const Certificate cert = MakeCertificate(q, m, in, acc);
+    ASSERT_TRUE(VerifyCertificate(q, cert).consistent) << "trial " << trial;
+    for (int field = 0; field < 9; ++field) {
+      Certificate lie = cert;
+      switch (field) {
+        case 0: lie.min_accumulator_bits += 1; break;
+        case 1: lie.min_outer_accumulator_bits -= 1; break;
+        case 2: lie.outer_accumulator_bits += 1; break;
+        case 3: lie.unsafe_channels += 1; break;
+        case 4: lie.safe = !lie.safe; break;
+        case 5: lie.channels[0].row_hi += 1; break;
+        case 6: lie.weights_sha256[0] = lie.weights_sha256[0] == 'a' ? 'b' : 'a'; break;
+        case 7: lie.output_channels += 1; break;
+        case 8: lie.channels[0].lo -= 1; break;
+      }
+      EXPECT_FALSE(VerifyCertificate(q, lie).consistent) << "trial " << trial << " field " << field;
+    }
+  }
 }
 
 }  // namespace

@@ -42,9 +42,7 @@ class CodeChooser {
         qmin_(WeightCodeMin(opts.weights)),
         qmax_(WeightCodeMax(opts.weights)),
         group_(scales.cols() == 1 ? k : opts.weights.group_size),
-        tile_((opts.accumulator.tile_size <= 0 || opts.accumulator.tile_size > k)
-                  ? k
-                  : opts.accumulator.tile_size),
+        tile_(opts.accumulator.EffectiveTile(k)),
         row0_(row0) {
     const int64_t tiles = (k + tile_ - 1) / tile_;
     if (hard_) {

@@ -47,7 +47,7 @@ MatrixXd SoftThresholds(const Eigen::Ref<const MatrixXf>& weights,
                         const Eigen::Ref<const MatrixXf>& scales, int group_size, int64_t tile_size,
                         double radius, const RunContext& ctx) {
   const int64_t c = weights.rows(), k = weights.cols();
-  const int64_t t = (tile_size <= 0 || tile_size > k) ? k : tile_size;
+  const int64_t t = AccumulatorSpec{0, static_cast<int>(tile_size)}.EffectiveTile(k);
   const int64_t tiles = (k + t - 1) / t;
   const int64_t g = scales.cols() == 1 ? k : group_size;
   MatrixXd lambdas(c, tiles);

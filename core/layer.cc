@@ -13,92 +13,6 @@
 
 namespace axeq {
 
-StatsAccumulator::StatsAccumulator(int64_t k, bool keep_cross, bool keep_xx, RunContext ctx)
-    : ctx_(std::move(ctx)), k_(k), keep_cross_(keep_cross), keep_xx_(keep_xx) {
-  gram_ = Eigen::MatrixXd::Zero(k, k);
-  if (keep_cross_) cross_ = Eigen::MatrixXd::Zero(k, k);
-  if (keep_xx_) xx_ = Eigen::MatrixXd::Zero(k, k);
-  sum_x_ = Eigen::VectorXd::Zero(k);
-  sum_xq_ = Eigen::VectorXd::Zero(k);
-}
-
-absl::Status StatsAccumulator::Add(const Eigen::Ref<const MatrixXf>& x,
-                                   const Eigen::Ref<const MatrixXf>& xq) {
-  if (x.cols() != k_ || xq.cols() != k_ || x.rows() != xq.rows()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "calibration rows must be [n, ", k_, "] for both inputs and quantized inputs, got [",
-        x.rows(), ", ", x.cols(), "] and [", xq.rows(), ", ", xq.cols(), "]"));
-  }
-  AXEQ_RETURN_IF_ERROR(CheckFinite(x, "inputs"));
-  AXEQ_RETURN_IF_ERROR(CheckFinite(xq, "quantized inputs"));
-  for (int64_t r = 0; r < x.rows();) {
-    if (pending_ == 0) {
-      x_buf_.resize(kBlockRows, k_);
-      xq_buf_.resize(kBlockRows, k_);
-    }
-    const int64_t n = std::min(kBlockRows - pending_, x.rows() - r);
-    x_buf_.middleRows(pending_, n) = x.middleRows(r, n);
-    xq_buf_.middleRows(pending_, n) = xq.middleRows(r, n);
-    pending_ += n;
-    r += n;
-    if (pending_ == kBlockRows) Flush();
-  }
-  return absl::OkStatus();
-}
-
-void StatsAccumulator::Flush() {
-  if (pending_ == 0) return;
-  // Each block of kBlockRows rows is formed in float (GEMM speed) and summed across blocks in
-  // double. Blocks are fixed, so the result does not depend on how rows were chunked by callers;
-  // within a block, column chunks are fixed too (one task each), so it does not depend on threads.
-  // Symmetric statistics are formed on and below the diagonal only.
-  const auto x = x_buf_.topRows(pending_);
-  const auto xq = xq_buf_.topRows(pending_);
-  const int64_t chunks = (k_ + kBlockCols - 1) / kBlockCols;
-  auto one = [&](int64_t j) {
-    const int64_t c0 = j * kBlockCols, len = std::min(kBlockCols, k_ - c0), below = k_ - c0;
-    Eigen::MatrixXf t(below, len);
-    t.noalias() = xq.rightCols(below).transpose() * xq.middleCols(c0, len);
-    gram_.block(c0, c0, below, len) += t.cast<double>();
-    if (keep_xx_) {
-      t.noalias() = x.rightCols(below).transpose() * x.middleCols(c0, len);
-      xx_.block(c0, c0, below, len) += t.cast<double>();
-    }
-    if (keep_cross_) {
-      Eigen::MatrixXf u(k_, len);
-      u.noalias() = xq.transpose() * x.middleCols(c0, len);
-      cross_.middleCols(c0, len) += u.cast<double>();
-    }
-  };
-  if (ctx_.parallel_for && chunks > 1) {
-    ctx_.parallel_for(chunks, one);
-  } else {
-    for (int64_t j = 0; j < chunks; ++j) one(j);
-  }
-  sum_x_ += x.colwise().sum().transpose().cast<double>();
-  sum_xq_ += xq.colwise().sum().transpose().cast<double>();
-  samples_ += pending_;
-  pending_ = 0;
-}
-
-absl::StatusOr<LayerStats> StatsAccumulator::Finish() {
-  Flush();
-  if (samples_ == 0) return absl::FailedPreconditionError("no calibration rows were added");
-  const double inv = 1.0 / static_cast<double>(samples_);
-  auto sym = [&](const Eigen::MatrixXd& lower) {
-    Eigen::MatrixXd full = lower.selfadjointView<Eigen::Lower>();
-    return MatrixXf((full * inv).cast<float>());
-  };
-  LayerStats s;
-  s.samples = samples_;
-  s.gram = sym(gram_);
-  if (keep_xx_) s.xx = sym(xx_);
-  if (keep_cross_) s.cross = MatrixXf((cross_ * inv).cast<float>());
-  s.mean_x = (sum_x_ * inv).cast<float>();
-  s.mean_xq = (sum_xq_ * inv).cast<float>();
-  return s;
-}
-
 absl::Status ValidateLayer(const Eigen::Ref<const MatrixXf>& weights, const Eigen::VectorXf* bias,
                            const LayerStats& stats, const LayerOptions& options) {
   AXEQ_RETURN_IF_ERROR(options.Validate());
@@ -137,7 +51,7 @@ absl::Status ValidateLayer(const Eigen::Ref<const MatrixXf>& weights, const Eige
 
 void ApplyEpInit(MatrixXi8* codes, const InputSpec& inputs, const AccumulatorSpec& acc) {
   const int64_t k = codes->cols();
-  const int64_t t = (acc.tile_size <= 0 || acc.tile_size > k) ? k : acc.tile_size;
+  const int64_t t = acc.EffectiveTile(k);
   const double radius =
       static_cast<double>(std::min(AccumulatorMax(acc.bits), AccumulatorMinMagnitude(acc.bits, acc.twos_complement))) /
       static_cast<double>(std::max(inputs.max_code(), -inputs.min_code()));
@@ -211,15 +125,28 @@ QualityReport MakeQualityReport(const Eigen::Ref<const MatrixXf>& weights,
   return rep;
 }
 
-absl::StatusOr<LayerResult> QuantizeLayer(const Eigen::Ref<const MatrixXf>& weights,
-                                          const Eigen::VectorXf* bias, const LayerStats& stats,
-                                          const LayerOptions& options, const RunContext& ctx) {
+absl::StatusOr<LayerOptions> ResolveOptions(const LayerOptions& options, int64_t k) {
+  AXEQ_RETURN_IF_ERROR(options.Validate());
+  LayerOptions o = options;
+  if (o.method != Method::kNaive) return o;
+  BitWidths bw;
+  AXEQ_ASSIGN_OR_RETURN(bw, NaiveBitWidths(k, o.weights.bits, o.inputs.bits, o.inputs.is_signed,
+                                           o.accumulator.bits));
+  o.weights.bits = bw.weight_bits;
+  o.inputs.bits = bw.input_bits;
+  return o;
+}
+
+absl::StatusOr<QuantizedLayer> QuantizeLayer(const Eigen::Ref<const MatrixXf>& weights,
+                                             const Eigen::VectorXf* bias, const LayerStats& stats,
+                                             const LayerOptions& options, const RunContext& ctx) {
   AXEQ_RETURN_IF_ERROR(ValidateLayer(weights, bias, stats, options));
   const int64_t k = weights.cols();
   const LayerOptions& o = options;
-  LayerResult out;
-  out.weight_bits = o.weights.bits;
-  out.input_bits = o.inputs.bits;
+  QuantizedLayer out;
+  out.group_size = o.weights.group_size;
+  out.activations.spec = o.inputs;
+  out.run.samples = stats.samples;
   const AccumulatorBudget budget(o.inputs, o.accumulator);
   const int p_star = DataTypeBoundBits(k, o.weights.bits, o.inputs.bits, o.inputs.is_signed);
   Constraints constraints;
@@ -256,11 +183,11 @@ absl::StatusOr<LayerResult> QuantizeLayer(const Eigen::Ref<const MatrixXf>& weig
       }
       break;
   }
-  if (o.accumulator.tile_size > 0 && o.accumulator.tile_size < k)
+  if (o.accumulator.IsTiled(k))
     absl::StrAppend(&what, ", P_I = ", o.accumulator.bits, ", T = ", o.accumulator.tile_size);
   else
     absl::StrAppend(&what, ", P = ", o.accumulator.bits);
-  out.description = what;
+  out.run.description = what;
   out.scales = WeightScales(weights, o.weights);
   if (constraints.hard_clip && o.soft_threshold) {
     constraints.lambdas = SoftThresholds(weights, out.scales, o.weights.group_size, o.accumulator.tile_size,
@@ -275,9 +202,9 @@ absl::StatusOr<LayerResult> QuantizeLayer(const Eigen::Ref<const MatrixXf>& weig
     AXEQ_ASSIGN_OR_RETURN(g, RunGpfq(weights, stats.cross, stats.gram, out.scales, constraints, run, ctx));
   }
   out.codes = std::move(g.codes);
-  out.damping = g.damping;
-  out.damping_retries = g.damping_retries;
-  out.dead_inputs = g.dead_inputs;
+  out.run.damping = g.damping;
+  out.run.damping_retries = g.damping_retries;
+  out.run.dead_inputs = g.dead_inputs;
   if (o.method == Method::kEpInit) ApplyEpInit(&out.codes, o.inputs, o.accumulator);
   out.certificate = MakeCertificate(out.codes, o.weights.bits, o.inputs, o.accumulator, ctx);
   if (bias != nullptr) {

@@ -51,6 +51,11 @@ struct AccumulatorSpec {
   // Whether the accumulator may hold -2^(P-1) (two's complement). The paper assumes
   // sign-magnitude, i.e. the symmetric range [-(2^(P-1)-1), 2^(P-1)-1]; that is the default.
   bool twos_complement = false;
+
+  // The one rule for tiles: the number of inputs per inner accumulator in a K-deep dot product
+  // (T, or K when monolithic: tile_size 0 or >= K).
+  int64_t EffectiveTile(int64_t k) const { return tile_size <= 0 || tile_size >= k ? k : tile_size; }
+  bool IsTiled(int64_t k) const { return EffectiveTile(k) < k; }
 };
 
 struct LayerOptions {

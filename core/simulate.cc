@@ -37,11 +37,11 @@ struct Register {
 absl::Status Check(const Eigen::Ref<const MatrixXi8>& codes, int64_t k, const DatapathSpec& s) {
   if (codes.cols() != k)
     return absl::InvalidArgumentError(absl::StrCat("inputs have ", k, " columns, codes have ", codes.cols()));
-  if (s.accumulator_bits < 2 || s.accumulator_bits > 62)
-    return absl::InvalidArgumentError(absl::StrCat("accumulator bits must be in [2, 62], got ", s.accumulator_bits));
+  if (s.accumulator.bits < 2 || s.accumulator.bits > 62)
+    return absl::InvalidArgumentError(absl::StrCat("accumulator bits must be in [2, 62], got ", s.accumulator.bits));
   if (s.outer_bits != 0 && (s.outer_bits < 2 || s.outer_bits > 62))
     return absl::InvalidArgumentError(absl::StrCat("outer bits must be 0 (wide) or in [2, 62], got ", s.outer_bits));
-  if (s.tile_size < 0) return absl::InvalidArgumentError("tile size must be >= 0");
+  if (s.accumulator.tile_size < 0) return absl::InvalidArgumentError("tile size must be >= 0");
   return absl::OkStatus();
 }
 
@@ -80,9 +80,9 @@ absl::StatusOr<SimulationStats> Run(const Eigen::Ref<const MatrixXi8>& codes, co
                                     const DatapathSpec& spec, bool own_rows) {
   if (auto st = Check(codes, x.cols(), spec); !st.ok()) return st;
   const int64_t c = codes.rows(), k = codes.cols();
-  const int64_t t = spec.tile_size <= 0 || spec.tile_size > k ? k : spec.tile_size;
-  const Register inner(spec.accumulator_bits, spec.twos_complement, spec.mode);
-  const Register outer(t == k ? 0 : spec.outer_bits, spec.twos_complement, spec.mode);
+  const int64_t t = spec.accumulator.EffectiveTile(k);
+  const Register inner(spec.accumulator.bits, spec.accumulator.twos_complement, spec.mode);
+  const Register outer(t == k ? 0 : spec.outer_bits, spec.accumulator.twos_complement, spec.mode);
   const MatrixXi8 q = codes;
   SimulationStats s;
   double err2 = 0, ref2 = 0;

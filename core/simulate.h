@@ -17,10 +17,10 @@ namespace axeq {
 enum class OverflowMode { kWrap, kSaturate };
 
 struct DatapathSpec {
-  int accumulator_bits = 16;   // P, or P_I per tile
-  int64_t tile_size = 0;       // T in the original input order; 0 = monolithic
+  // P (P_I per tile), T in the original input order (0 = monolithic) and the register range:
+  // two's complement [-2^(P-1), 2^(P-1)-1] (the simulator's default, as most hardware) or symmetric.
+  AccumulatorSpec accumulator{16, 0, /*twos_complement=*/true};
   int outer_bits = 0;          // P_O of the tile-sum register; 0 = wide (no outer overflow)
-  bool twos_complement = true; // register range [-2^(P-1), 2^(P-1)-1]; false: symmetric
   OverflowMode mode = OverflowMode::kWrap;
 };
 

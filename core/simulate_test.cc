@@ -18,7 +18,7 @@ TEST(Simulate, WrapAndSaturateByHand) {
   MatrixXi32 x(1, 3);
   x << 1, 1, 1;  // partial sums 100, 200, 100
   DatapathSpec spec;
-  spec.accumulator_bits = 8;  // [-128, 127]
+  spec.accumulator.bits = 8;  // [-128, 127]
   auto wrap = SimulateDatapath(q, x, spec);
   ASSERT_TRUE(wrap.ok());
   EXPECT_EQ(wrap->overflow_events, 2);       // 200 wraps to -56; -56 - 100 = -156 wraps back
@@ -28,7 +28,7 @@ TEST(Simulate, WrapAndSaturateByHand) {
   ASSERT_TRUE(sat.ok());
   EXPECT_EQ(sat->wrong_outputs, 1);          // 127 - 100 = 27 != 100
   EXPECT_EQ(sat->max_abs_error, 73);
-  spec.accumulator_bits = 9;
+  spec.accumulator.bits = 9;
   auto ok = SimulateDatapath(q, x, spec);
   EXPECT_EQ(ok->overflow_events, 0);
   EXPECT_EQ(SimulateDatapath(q, MatrixXi32(1, 2), spec).status().code(), absl::StatusCode::kInvalidArgument);
@@ -53,10 +53,10 @@ TEST(Simulate, CertifiedCodesNeverOverflowUncertifiedDo) {
       ASSERT_TRUE(axe->certificate.safe);
       ASSERT_FALSE(base->certificate.safe);
       DatapathSpec spec;
-      spec.accumulator_bits = p;
-      spec.tile_size = tile;
+      spec.accumulator.bits = p;
+      spec.accumulator.tile_size = tile;
       spec.outer_bits = axe->certificate.outer_accumulator_bits;
-      spec.twos_complement = false;
+      spec.accumulator.twos_complement = false;
       const MatrixXi32 xcodes = InputCodes(layer.x, layer.act);
       for (auto mode : {OverflowMode::kWrap, OverflowMode::kSaturate}) {
         spec.mode = mode;

@@ -15,13 +15,13 @@ nlohmann::json CertificateToJson(const Certificate& c) {
           {"output_channels", c.output_channels},
           {"inputs", c.inputs},
           {"weight_bits", c.weight_bits},
-          {"input_bits", c.input_bits},
-          {"inputs_signed", c.inputs_signed},
-          {"input_min", c.input_min},
-          {"input_max", c.input_max},
-          {"accumulator_bits", c.accumulator_bits},
-          {"tile_size", c.tile_size},
-          {"twos_complement", c.twos_complement},
+          {"input_bits", c.input.bits},
+          {"inputs_signed", c.input.is_signed},
+          {"input_min", c.input_min()},
+          {"input_max", c.input_max()},
+          {"accumulator_bits", c.accumulator.bits},
+          {"tile_size", c.tile_size()},
+          {"twos_complement", c.accumulator.twos_complement},
           {"outer_accumulator_bits", c.outer_accumulator_bits},
           {"min_accumulator_bits", c.min_accumulator_bits},
           {"min_outer_accumulator_bits", c.min_outer_accumulator_bits},
@@ -57,19 +57,30 @@ absl::StatusOr<Certificate> CertificateFromJson(const nlohmann::json& j) {
   get("output_channels", &c.output_channels);
   get("inputs", &c.inputs);
   get("weight_bits", &c.weight_bits);
-  get("input_bits", &c.input_bits);
-  get("inputs_signed", &c.inputs_signed);
-  get("input_min", &c.input_min);
-  get("input_max", &c.input_max);
-  get("accumulator_bits", &c.accumulator_bits);
-  get("tile_size", &c.tile_size);
-  get("twos_complement", &c.twos_complement);
+  int64_t input_min = 0, input_max = 0, tile_size = 0;
+  get("input_bits", &c.input.bits);
+  get("inputs_signed", &c.input.is_signed);
+  get("input_min", &input_min);
+  get("input_max", &input_max);
+  get("accumulator_bits", &c.accumulator.bits);
+  get("tile_size", &tile_size);
+  get("twos_complement", &c.accumulator.twos_complement);
   get("outer_accumulator_bits", &c.outer_accumulator_bits);
   get("min_accumulator_bits", &c.min_accumulator_bits);
   get("min_outer_accumulator_bits", &c.min_outer_accumulator_bits);
   get("unsafe_channels", &c.unsafe_channels);
   get("safe", &c.safe);
   if (!st.ok()) return st;
+  // The input range and tile are stated redundantly; they must be those of the stated specs.
+  if (c.input.bits < 2 || c.input.bits > 16)
+    return absl::InvalidArgumentError(absl::StrCat("certificate input_bits ", c.input.bits, " is outside [2, 16]"));
+  if (input_min != c.input_min() || input_max != c.input_max())
+    return absl::InvalidArgumentError(absl::StrCat(
+        "certificate input range [", input_min, ", ", input_max, "] is not that of ", c.input.bits, "-bit ",
+        c.input.is_signed ? "signed" : "unsigned", " codes [", c.input_min(), ", ", c.input_max(), "]"));
+  if (tile_size < 1 || tile_size > c.inputs || tile_size > INT32_MAX)
+    return absl::InvalidArgumentError(absl::StrCat("certificate tile_size ", tile_size, " is outside [1, inputs = ", c.inputs, "]"));
+  c.accumulator.tile_size = static_cast<int>(tile_size);
   if (!j.contains("channels") || !j["channels"].is_array())
     return absl::InvalidArgumentError("certificate lacks the channels array");
   for (const auto& e : j["channels"]) {

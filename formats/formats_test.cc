@@ -1,8 +1,11 @@
 // Round trips and malformed-input handling of safetensors and certificate JSON.
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 
+#include "core/verify.h"
 #include "formats/certificate_json.h"
+#include "formats/result_file.h"
 #include "formats/safetensors.h"
 #include "gtest/gtest.h"
 
@@ -75,6 +78,121 @@ TEST(CertificateJson, RoundTripAndMissingFields) {
   auto bad = CertificateFromJson(j);
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(bad.status().message().find("input_max"), std::string::npos);
+}
+
+// Issue 10, point 4: a shape whose element count overflows int64 is an error, never an allocation.
+TEST(Safetensors, OverflowingShapesAreInvalidArgument) {
+  for (const char* shape : {"[4294967296, 4294967296, 4]", "[9223372036854775807, 2]", "[18446744073709551615]",
+                            "[-1, 2]", "[1.5]"}) {
+    std::string header = std::string(R"({"t":{"dtype":"F32","shape":)") + shape + R"(,"data_offsets":[0,0]}})";
+    std::string bytes(8, '\0');
+    const uint64_t n = header.size();
+    std::memcpy(bytes.data(), &n, 8);
+    bytes += header;
+    auto r = ParseSafetensors(bytes, "mem");
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << shape;
+  }
+}
+
+QuantizedLayer SampleLayer(const std::string& name, int group_size) {
+  QuantizedLayer l;
+  l.name = name;
+  l.codes.resize(3, 10);
+  for (int64_t i = 0; i < l.codes.size(); ++i) l.codes.data()[i] = static_cast<int8_t>(i % 15 - 7);
+  l.group_size = group_size;
+  l.scales = MatrixXf::Constant(3, NumGroups(10, group_size), 0.25f);
+  l.bias = Eigen::VectorXf::Constant(3, 0.5f);
+  l.activations.spec = InputSpec{8, false};
+  l.activations.scale = 0.1f;
+  l.activations.zero_point = 3;
+  l.certificate = MakeCertificate(l.codes, 4, l.activations.spec, AccumulatorSpec{16, 4});
+  l.run.description = "test";
+  return l;
+}
+
+TEST(ResultFile, RoundTripKeepsEveryField) {
+  const std::vector<QuantizedLayer> layers = {SampleLayer("b.fc", 0), SampleLayer("a.fc", 4)};
+  const std::string p = TempPath("result.safetensors");
+  ASSERT_TRUE(WriteResultFile(p, layers).ok());
+  auto back = ReadResultFile(p);
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_EQ(back->size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    const QuantizedLayer &a = layers[i], &b = (*back)[i];
+    EXPECT_EQ(a.name, b.name);  // in the listed order, not alphabetical
+    EXPECT_EQ(a.codes, b.codes);
+    EXPECT_EQ(a.scales, b.scales);
+    EXPECT_EQ(a.group_size, b.group_size);
+    EXPECT_EQ(*a.bias, *b.bias);
+    EXPECT_EQ(a.activations.scale, b.activations.scale);
+    EXPECT_EQ(a.activations.zero_point, b.activations.zero_point);
+    EXPECT_EQ(CertificateToJson(a.certificate), CertificateToJson(b.certificate));
+    EXPECT_TRUE(VerifyCertificate(b.codes, b.certificate).ok());
+    EXPECT_EQ(a.DequantizedWeights(), b.DequantizedWeights());
+  }
+}
+
+// Issue 9: version-1 files whose writers put axeq.group_size = "0" beside group scales decode with
+// the right group size (they crashed llama2c-eval with SIGFPE).
+TEST(ResultFile, ReadsVersion1AndInfersTheGroupSize) {
+  SafetensorsFile f = ResultToSafetensors({SampleLayer("fc", 4)});
+  f.metadata.erase("axeq.schema_version");
+  f.metadata.erase("axeq.layers");
+  f.metadata["axeq.group_size"] = "0";
+  auto back = DecodeResult(f);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ((*back)[0].group_size, 4);
+  f.metadata["axeq.schema_version"] = "3";
+  EXPECT_EQ(DecodeResult(f).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Issue 9 and 10: a layer whose tensors or certificate are missing or mis-shaped is an error
+// naming the layer and the field, in v2 and in v1 files (a removed certificate is not skipped).
+TEST(ResultFile, MissingOrMisshapedFieldsNameTheLayer) {
+  auto expect_error = [](SafetensorsFile f, const std::string& field) {
+    auto r = DecodeResult(f);
+    ASSERT_FALSE(r.ok()) << field;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
+    EXPECT_NE(r.status().message().find("layer fc"), std::string::npos) << r.status();
+    EXPECT_NE(r.status().message().find(field), std::string::npos) << r.status();
+  };
+  const SafetensorsFile good = ResultToSafetensors({SampleLayer("fc", 0)});
+  for (const char* t : {".qweight", ".scales", ".input_scale", ".input_zero_point"}) {
+    SafetensorsFile f = good;
+    f.tensors.erase(std::string("fc") + t);
+    expect_error(f, t);
+  }
+  SafetensorsFile f = good;
+  f.metadata.erase("fc.certificate");
+  expect_error(f, ".certificate");
+  f.metadata.erase("axeq.schema_version");  // v1: found through its .qweight
+  f.metadata.erase("axeq.layers");
+  expect_error(f, ".certificate");
+  f = good;
+  f.tensors["fc.scales"] = MatrixToTensor(MatrixXf::Ones(2, 1));
+  expect_error(f, ".scales");
+  f = good;
+  f.tensors["fc.bias"] = VectorToTensor(Eigen::VectorXf::Ones(7));
+  expect_error(f, ".bias");
+  f = good;
+  f.tensors["fc.qweight"] = CodesToTensor(MatrixXi8::Zero(3, 11));
+  expect_error(f, ".certificate");
+  f = good;
+  f.tensors["fc.qweight"].shape = {3, 11};  // the shape claims more than the bytes hold
+  expect_error(f, ".qweight");
+}
+
+TEST(CertificateJson, StatedRangesMustMatchTheSpecs) {
+  MatrixXi8 q = MatrixXi8::Ones(2, 8);
+  nlohmann::json j = CertificateToJson(MakeCertificate(q, 4, InputSpec{}, AccumulatorSpec{16, 4}));
+  j["input_max"] = 7;  // a narrower range than 8-bit unsigned codes
+  EXPECT_EQ(CertificateFromJson(j).status().code(), absl::StatusCode::kInvalidArgument);
+  j = CertificateToJson(MakeCertificate(q, 4, InputSpec{}, AccumulatorSpec{16, 4}));
+  j["tile_size"] = 9;
+  EXPECT_EQ(CertificateFromJson(j).status().code(), absl::StatusCode::kInvalidArgument);
+  j["tile_size"] = 4;
+  j["input_bits"] = 62;
+  EXPECT_EQ(CertificateFromJson(j).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

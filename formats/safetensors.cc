@@ -6,6 +6,9 @@
 #include <cstring>
 #include <fstream>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 
@@ -43,71 +46,88 @@ float HalfToFloat(uint16_t h) {
 
 int64_t Tensor::numel() const {
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  for (int64_t d : shape)
+    if (d < 0 || __builtin_mul_overflow(n, d, &n)) return -1;
   return n;
 }
 
-absl::StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  in.seekg(0, std::ios::end);
-  const int64_t size = in.tellg();
-  in.seekg(0);
+int64_t Tensor::expected_bytes() const {
+  const int64_t n = numel(), es = DtypeSize(dtype);
+  int64_t bytes;
+  if (n < 0 || es == 0 || __builtin_mul_overflow(n, es, &bytes)) return -1;
+  return bytes;
+}
+
+absl::StatusOr<SafetensorsFile> ParseSafetensors(absl::string_view bytes, const std::string& what) {
+  const uint64_t size = bytes.size();
   uint64_t n = 0;
-  if (size < 8 || !in.read(reinterpret_cast<char*>(&n), 8))
-    return absl::InvalidArgumentError(absl::StrCat(path, ": too short for a safetensors header"));
-  if (n > static_cast<uint64_t>(size - 8) || n > (100u << 20))
-    return absl::InvalidArgumentError(absl::StrCat(path, ": header length ", n, " exceeds the file (", size, " bytes)"));
-  std::string header(n, '\0');
-  in.read(header.data(), static_cast<std::streamsize>(n));
-  nlohmann::json j = nlohmann::json::parse(header, nullptr, /*allow_exceptions=*/false);
+  if (size < 8) return absl::InvalidArgumentError(absl::StrCat(what, ": too short for a safetensors header"));
+  std::memcpy(&n, bytes.data(), 8);
+  if (n > size - 8 || n > kMaxHeaderBytes)
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": header length ", n, " exceeds the file (", size, " bytes) or ", kMaxHeaderBytes));
+  nlohmann::json j = nlohmann::json::parse(bytes.data() + 8, bytes.data() + 8 + n, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object())
-    return absl::InvalidArgumentError(absl::StrCat(path, ": header is not a JSON object"));
-  const int64_t data_size = size - 8 - static_cast<int64_t>(n);
-  std::vector<uint8_t> data(data_size);
-  in.read(reinterpret_cast<char*>(data.data()), data_size);
-  if (!in) return absl::DataLossError(absl::StrCat(path, ": could not read ", data_size, " data bytes"));
+    return absl::InvalidArgumentError(absl::StrCat(what, ": header is not a JSON object"));
+  const absl::string_view data = bytes.substr(8 + n);
+  const int64_t data_size = static_cast<int64_t>(data.size());
   SafetensorsFile f;
   for (auto& [name, v] : j.items()) {
     if (name == "__metadata__") {
-      if (!v.is_object()) return absl::InvalidArgumentError(absl::StrCat(path, ": __metadata__ is not an object"));
+      if (!v.is_object()) return absl::InvalidArgumentError(absl::StrCat(what, ": __metadata__ is not an object"));
       for (auto& [k, s] : v.items()) {
-        if (!s.is_string()) return absl::InvalidArgumentError(absl::StrCat(path, ": metadata ", k, " is not a string"));
+        if (!s.is_string()) return absl::InvalidArgumentError(absl::StrCat(what, ": metadata ", k, " is not a string"));
         f.metadata[k] = s.get<std::string>();
       }
       continue;
     }
+    auto bad = [&](const std::string& why) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": tensor ", name, " ", why));
+    };
     if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") || !v.contains("data_offsets") ||
         !v["dtype"].is_string() || !v["shape"].is_array() || !v["data_offsets"].is_array() ||
-        v["data_offsets"].size() != 2)
-      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", name, " has a malformed entry"));
+        v["data_offsets"].size() != 2 || v["shape"].size() > 8)
+      return bad("has a malformed entry");
     Tensor t;
     t.dtype = v["dtype"].get<std::string>();
-    const int64_t es = DtypeSize(t.dtype);
-    if (es == 0) return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", name, " has unsupported dtype ", t.dtype));
+    if (DtypeSize(t.dtype) == 0) return bad("has unsupported dtype " + t.dtype);
     for (auto& d : v["shape"]) {
-      if (!d.is_number_integer() || d.get<int64_t>() < 0)
-        return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", name, " has a bad shape"));
+      if (!d.is_number_unsigned() || d.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+        return bad("has a bad shape");
       t.shape.push_back(d.get<int64_t>());
     }
+    const int64_t expected = t.expected_bytes();
+    if (expected < 0) return bad("has a shape whose size overflows");
     const auto& off = v["data_offsets"];
-    if (!off[0].is_number_integer() || !off[1].is_number_integer())
-      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", name, " has bad data_offsets"));
+    if (!off[0].is_number_unsigned() || !off[1].is_number_unsigned() ||
+        off[1].get<uint64_t>() > static_cast<uint64_t>(data_size))
+      return bad(absl::StrCat("has data_offsets outside the data (", data_size, " bytes)"));
     const int64_t b = off[0].get<int64_t>(), e = off[1].get<int64_t>();
-    if (b < 0 || e < b || e > data_size || e - b != t.numel() * es)
-      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", name, " data_offsets [", b, ", ", e,
-                                                     ") do not match shape and dtype ", t.dtype, " or the file size"));
+    if (e < b || e - b != expected)
+      return bad(absl::StrCat("data_offsets [", b, ", ", e, ") do not match shape and dtype ", t.dtype));
     t.data.assign(data.begin() + b, data.begin() + e);
     f.tensors.emplace(name, std::move(t));
   }
   return f;
 }
 
+absl::StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  in.seekg(0, std::ios::end);
+  const std::streamoff size = in.tellg();
+  if (size < 0) return absl::InvalidArgumentError(absl::StrCat(path, ": cannot determine its size"));
+  in.seekg(0);
+  std::string bytes(static_cast<size_t>(size), '\0');
+  if (!in.read(bytes.data(), size)) return absl::DataLossError(absl::StrCat(path, ": could not read ", size, " bytes"));
+  return ParseSafetensors(bytes, path);
+}
+
 absl::StatusOr<std::map<std::string, std::string>> ReadSafetensorsMetadata(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
   uint64_t n = 0;
-  if (!in.read(reinterpret_cast<char*>(&n), 8) || n > (100u << 20))
+  if (!in.read(reinterpret_cast<char*>(&n), 8) || n > kMaxHeaderBytes)
     return absl::InvalidArgumentError(absl::StrCat(path, ": bad safetensors header"));
   std::string header(n, '\0');
   if (!in.read(header.data(), static_cast<std::streamsize>(n)))
@@ -133,19 +153,28 @@ absl::Status WriteSafetensors(const std::string& path, const SafetensorsFile& fi
   std::string header = j.dump();
   while (header.size() % 8) header.push_back(' ');
   const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write ", tmp));
-    const uint64_t n = header.size();
-    out.write(reinterpret_cast<const char*>(&n), 8);
-    out.write(header.data(), static_cast<std::streamsize>(n));
-    for (const auto& [name, t] : file.tensors)
-      out.write(reinterpret_cast<const char*>(t.data.data()), static_cast<std::streamsize>(t.data.size()));
-    out.flush();
-    if (!out) return absl::DataLossError(absl::StrCat("failed writing ", tmp));
+  std::FILE* out = std::fopen(tmp.c_str(), "wb");
+  if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write ", tmp));
+  const uint64_t n = header.size();
+  bool ok = std::fwrite(&n, 8, 1, out) == 1 && std::fwrite(header.data(), 1, n, out) == n;
+  for (const auto& [name, t] : file.tensors)
+    ok = ok && (t.data.empty() || std::fwrite(t.data.data(), 1, t.data.size(), out) == t.data.size());
+  ok = ok && std::fflush(out) == 0 && ::fsync(::fileno(out)) == 0;
+  ok = std::fclose(out) == 0 && ok;
+  if (!ok) {
+    std::remove(tmp.c_str());
+    return absl::DataLossError(absl::StrCat("failed writing ", tmp));
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0)
     return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", path));
+  // The rename is durable once the directory is synced.
+  const size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
   return absl::OkStatus();
 }
 
@@ -154,6 +183,9 @@ absl::StatusOr<MatrixXf> TensorToMatrix(const Tensor& t, const std::string& name
     return absl::InvalidArgumentError(absl::StrCat(name, " must be 1-D or 2-D, has ", t.shape.size(), " dims"));
   const int64_t rows = t.shape.size() == 2 ? t.shape[0] : 1;
   const int64_t cols = t.shape.back();
+  const int64_t bytes = t.expected_bytes();
+  if (bytes < 0 || static_cast<int64_t>(t.data.size()) != bytes)
+    return absl::InvalidArgumentError(absl::StrCat(name, " holds ", t.data.size(), " bytes, its shape needs ", bytes));
   MatrixXf m(rows, cols);
   const int64_t n = rows * cols;
   if (t.dtype == "F32") {
@@ -178,6 +210,8 @@ absl::StatusOr<MatrixXf> TensorToMatrix(const Tensor& t, const std::string& name
 absl::StatusOr<MatrixXi8> TensorToCodes(const Tensor& t, const std::string& name) {
   if (t.dtype != "I8" || t.shape.size() != 2)
     return absl::InvalidArgumentError(absl::StrCat(name, " must be a 2-D I8 tensor, got ", t.dtype, " with ", t.shape.size(), " dims"));
+  if (t.expected_bytes() != static_cast<int64_t>(t.data.size()))
+    return absl::InvalidArgumentError(absl::StrCat(name, " holds ", t.data.size(), " bytes, its shape needs ", t.expected_bytes()));
   MatrixXi8 m(t.shape[0], t.shape[1]);
   std::memcpy(m.data(), t.data.data(), t.data.size());
   return m;

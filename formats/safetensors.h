@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "core/quantizer.h"
 
 namespace axeq {
@@ -19,7 +20,8 @@ struct Tensor {
   std::string dtype;            // F32, F16, BF16, I8, I32, I64
   std::vector<int64_t> shape;
   std::vector<uint8_t> data;
-  int64_t numel() const;
+  int64_t numel() const;           // -1 when the shape is negative or its product overflows
+  int64_t expected_bytes() const;  // numel x dtype size, -1 on overflow or an unknown dtype
 };
 
 struct SafetensorsFile {
@@ -27,7 +29,14 @@ struct SafetensorsFile {
   std::map<std::string, std::string> metadata;
 };
 
+// The largest header accepted (a header is JSON describing the tensors, not their data).
+inline constexpr uint64_t kMaxHeaderBytes = 100u << 20;
+
+// Parses a whole file held in memory; `what` names it in errors. Every size and offset is checked
+// (no allocation beyond the bytes given): INVALID_ARGUMENT naming the tensor and the problem.
+absl::StatusOr<SafetensorsFile> ParseSafetensors(absl::string_view bytes, const std::string& what);
 absl::StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path);
+// Writes atomically and durably: temporary file, fsync, rename, fsync of the directory.
 absl::Status WriteSafetensors(const std::string& path, const SafetensorsFile& file);
 // Reads only the header's __metadata__ (cheap for large files).
 absl::StatusOr<std::map<std::string, std::string>> ReadSafetensorsMetadata(const std::string& path);
