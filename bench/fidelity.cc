@@ -2,7 +2,8 @@
 // three real GPT-2 attention projections (../shared/data/gpt2-attn) with heavy-tailed synthetic
 // calibration inputs, for each activation range method (min/max, percentile, mse), in three
 // accumulator configurations. Error = ||X W^T - X~ Q~^T||_F / ||X W^T||_F on the calibration rows,
-// computed in double from the matrices themselves. Every result's certificate must hold.
+// computed in double from the matrices themselves. Every result's certificate must hold. Last, the
+// statistics' relative Frobenius error against float64 products of the same rows.
 //   fidelity [--data DIR] [--rows D] [--dump DIR]     (prints Markdown; exit 1 on a failure)
 // --dump writes X, X~ (mse range) and W of each layer as raw float32, and axeq's GPFQ+AXE errors,
 // for bench/reference_a2gpfq.py (the reference loop on identical inputs).
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "core/layer.h"
+#include "core/stats.h"
 #include "formats/safetensors.h"
 
 namespace axeq {
@@ -67,6 +69,29 @@ struct Cell {
   double err[3] = {0, 0, 0};  // per range method, the default variant (soft threshold + clip)
   double hco = 0;             // mse range, hard clip only (AXE-HCO)
 };
+
+// Prints, per layer, the relative Frobenius error of the accumulated statistics (float32 blocks of
+// StatsAccumulator::kBlockRows rows summed in double, then rounded to float) against float64
+// products of the same rows, for D = 512 and 4096 calibration rows.
+void StatsErrors(int64_t k, std::FILE* out) {
+  std::fprintf(out, "| calibration rows | X~^T X~ | X~^T X | X^T X |\n|---|---|---|---|\n");
+  for (const LayerRef& l : kLayers)
+    for (int64_t d : {512, 4096}) {
+      const MatrixXf x = Calibration(k, d, l.seed);
+      auto act = CalibrateActivations(x, InputSpec{}, {});
+      const MatrixXf xq = act->Apply(x);
+      StatsAccumulator acc(k, true, true);
+      if (!acc.Add(x, xq).ok()) return;
+      const LayerStats s = *acc.Finish();
+      const Eigen::MatrixXd xd = x.cast<double>(), xqd = xq.cast<double>();
+      auto rel = [&](const MatrixXf& got, const Eigen::MatrixXd& a, const Eigen::MatrixXd& b) {
+        const Eigen::MatrixXd exact = a.transpose() * b / static_cast<double>(d);
+        return (got.cast<double>() - exact).norm() / exact.norm();
+      };
+      std::fprintf(out, "| %s inputs, D = %lld | %.2e | %.2e | %.2e |\n", l.name, static_cast<long long>(d),
+                  rel(s.gram, xqd, xqd), rel(s.cross, xqd, xd), rel(s.xx, xd, xd));
+    }
+}
 
 int Run(const std::string& data, int64_t rows, const std::string& dump) {
   int failures = 0;
@@ -127,6 +152,12 @@ int Run(const std::string& data, int64_t rows, const std::string& dump) {
                     cell.err[2] / best_fixed, cell.hco);
       }
   }
+  // The statistics table goes to DUMP/stats.md (or after the first table).
+  std::FILE* out = dump.empty() ? stdout : std::fopen((dump + "/stats.md").c_str(), "w");
+  if (out == nullptr) return 2;
+  if (out == stdout) std::printf("\n");
+  StatsErrors(768, out);
+  if (out != stdout) std::fclose(out);
   return failures ? 1 : 0;
 }
 

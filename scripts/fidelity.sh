@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Regenerates the two tables of docs/fidelity.md: range methods x algorithms x accumulator
+# Regenerates the tables of docs/fidelity.md: range methods x algorithms x accumulator
 # configurations on real GPT-2 layers (bench/fidelity), and axeq's GPFQ+AXE against the reference's
-# loop on identical inputs (bench/reference_a2gpfq.py, numpy). ~2 minutes on 2 cores.
+# loop on identical inputs (bench/reference_a2gpfq.py, numpy), and the statistics' error against
+# float64. ~2 minutes on 2 cores.
 # Env: BUILD_DIR (default build-bench), AXEQ_SHARED_DATA (default ../shared/data).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,7 @@ trap 'rm -rf "$dump"' EXIT
 import re, sys
 dump, doc = sys.argv[1], sys.argv[2]
 text = open(doc).read()
-for name in ("ranges", "reference"):
+for name in ("ranges", "reference", "stats"):
     table = open(f"{dump}/{name}.md").read().strip()
     text, n = re.subn(rf"(<!-- {name}:begin -->\n).*?(\n<!-- {name}:end -->)",
                       lambda m: m.group(1) + table + m.group(2), text, flags=re.S)
