@@ -37,7 +37,9 @@ TILE_OUTER_GROWTH = 3
 HELD_OUT = dict(n=8, length=256, seed=20261127)  # in-domain text sampled from the float model
 
 
-def configs(quick):
+def configs(quick, act_range="mse"):
+    """(name, Config) rows; act_range is the activation range method of every row but the two
+    that compare range methods on the base algorithm."""
     out = [("W8A8, P=32 (OPTQ)", Config(weight_bits=8, input_bits=8, accumulator_bits=32, method="base")),
            ("W4A8 OPTQ (base)", Config(method="base")),
            ("W4A8 GPFQ (base)", Config(algorithm="gpfq", method="base"))]
@@ -48,9 +50,12 @@ def configs(quick):
                 (f"W4A8 GPFQ+AXE, P={p}", Config(algorithm="gpfq", accumulator_bits=p)),
                 (f"naive bit widths, P={p}", Config(method="naive", accumulator_bits=p)),
                 (f"EP-init (OPTQ), P={p}", Config(method="ep-init", accumulator_bits=p))]
+    for _, c in out:
+        c.act_range = act_range
     if quick:
-        out = [o for o in out if "T=" not in o[0] and "GPFQ" not in o[0] and "base" not in o[0]]
-    return out
+        return [o for o in out if "T=" not in o[0] and "GPFQ" not in o[0] and "base" not in o[0]]
+    others = [m for m in ("mse", "percentile", "minmax") if m != act_range]
+    return out[:2] + [(f"W4A8 OPTQ (base), {m} ranges", Config(method="base", act_range=m)) for m in others] + out[2:]
 
 
 def start_server():
@@ -121,24 +126,28 @@ def main(argv=None):
     proc, target = start_server() if not a.server else (None, a.server)
     try:
         with Client(target, deadline=600) as client:
-            for name, cfg in configs(a.quick):
-                cfg.act_range = a.act_range
+            for name, cfg in configs(a.quick, a.act_range):
                 m = load_llama2c(ckpt)
                 t0 = time.time()
                 res = quantize_model(m, batches, client, cfg, smooth_pairs=m.smooth_pairs(), upload=a.upload,
                                      progress=False)
                 rows.append(evaluate(m, name, res, cfg, time.time() - t0, data))
                 print_row(rows[-1])
+                write_outputs(a, rows, nb)  # after every row: a long run that stops keeps its rows
     finally:
         if proc:
             proc.terminate()
             proc.wait(timeout=30)
+    write_outputs(a, rows, nb)
+    return rows
+
+
+def write_outputs(a, rows, nb):
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
     if a.out:
         write_markdown(a, rows, nb)
-    return rows
 
 
 METHOD = """Model: Karpathy's stories260K (Llama-2 architecture, dim 64, hidden 172, 5 blocks), loaded into the

@@ -104,20 +104,16 @@ class _Run:
         m, n = naive_bit_widths(lin.in_features, c.weight_bits, c.input_bits, c.signed_inputs, c.accumulator_bits)
         return replace(c, method="base", weight_bits=m, input_bits=n)
 
-    def spec(self, name, lin, cfg, hook, xq_raw, x):
-        """quantize()'s arguments for one layer from its inputs (rows or statistics)."""
+    def calibration(self, cfg, hook, xq_raw, x, bias: bool) -> dict:
+        """quantize()'s calibration arguments for the layers of a group that share cfg's input bit
+        width: rows (X, X~) or statistics, computed once for them all."""
         o = self.o
         xq = hook.quantize(xq_raw)
-        spec = {"name": name, "weight": host(lin.weight), "config": cfg, "activation": hook.act,
-                "bias": None if lin.bias is None else host(lin.bias), "relative_error": o["relative_error"]}
         if o["upload"] == "rows":
-            spec.update(inputs=host(xq_raw if x is None else x), quant_inputs=host(xq))
-            return spec
+            return {"inputs": host(xq_raw if x is None else x), "quant_inputs": host(xq)}
         cross = cfg.algorithm == "gpfq" or o["relative_error"]
-        means = lin.bias is not None and cfg.bias_correction
-        st = statistics(xq, x, cross=cross, xx=o["relative_error"], means=means)
-        spec.update(samples=xq.shape[0], **{k: host(v) for k, v in st.items()})
-        return spec
+        st = statistics(xq, x, cross=cross, xx=o["relative_error"], means=bias and cfg.bias_correction)
+        return dict(samples=xq.shape[0], **{k: host(v) for k, v in st.items()})
 
     @torch.no_grad()
     def group(self, prefix, block, fblock, names, qstream, fstream, pairs, progress):
@@ -135,15 +131,21 @@ class _Run:
             xq_raw = xq_raw / s.to(xq_raw)
             x = None if x is None else x / s.to(x)
         t0 = self.tick("forward", t0)
-        specs, hooks, acts = [], {}, {}
+        specs, hooks, shared = [], {}, {}
+        bias = any(mods[n].bias is not None for n in names)
         for n in names:
             lin, cfg = mods[n], self.layer_config(mods[n])
             key = (cfg.input_bits, cfg.signed_inputs)
-            if key not in acts:  # one fit per bit width: the layers of a group share their input
-                acts[key] = ActivationQuantizer.calibrate(xq_raw, cfg.input_bits, cfg.signed_inputs,
-                                                          cfg.act_percentiles, cfg.act_range)
-            hooks[n] = ActivationHook(acts[key], self.o["dynamic_activations"])
-            specs.append(self.spec(prefix + n, lin, cfg, hooks[n], xq_raw, x))
+            if key not in shared:  # one fit and one set of statistics per bit width: a shared input
+                act = ActivationQuantizer.calibrate(xq_raw, cfg.input_bits, cfg.signed_inputs,
+                                                    cfg.act_percentiles, cfg.act_range)
+                hook = ActivationHook(act, self.o["dynamic_activations"])
+                shared[key] = (hook, self.calibration(cfg, hook, xq_raw, x, bias))
+            hooks[n], data = shared[key]
+            if lin.bias is None:
+                data = {k: v for k, v in data.items() if not k.startswith("mean_")}
+            specs.append(dict(data, name=prefix + n, weight=host(lin.weight), config=cfg, activation=hooks[n].act,
+                              bias=None if lin.bias is None else host(lin.bias), relative_error=self.o["relative_error"]))
         del xq_raw, x
         t0 = self.tick("statistics", t0)
         for r in self.client.quantize_many(specs, max_concurrency=self.o["max_concurrency"],

@@ -1,0 +1,63 @@
+"""Slow, opt-in (CTest label `slow`): a randomly initialised Llama of ~100M parameters (dim 1024,
+8 blocks, hidden 2816) quantized block by block through a real server with 32 x 512 calibration
+tokens. The client's peak RSS growth stays within twice the model's size plus one block's
+activations, every layer is certified, and the run prints time, RSS and the share of time spent
+waiting for the server (figures for docs/pipeline-benchmarks.md; never asserted).
+AXEQ_LARGE_SCALE=0.5 halves dim, hidden and tokens for a quicker run."""
+import json
+import os
+import resource
+import time
+import unittest
+
+import torch
+
+from test_pipeline import start_server, stop
+from axeq import Client, Config
+from axeq.llama import random_llama
+from axeq.pipeline import quantize_model
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+class LargeModelTest(unittest.TestCase):
+    def test_100m_llama_memory_and_time(self):
+        scale = float(os.environ.get("AXEQ_LARGE_SCALE", "1"))
+        dim, hidden, blocks = int(1024 * scale), int(2816 * scale), 8
+        n, t = max(2, int(32 * scale)), 512
+        torch.set_num_threads(2)
+        base_rss = rss_mb()
+        model = random_llama(dim=dim, n_layers=blocks, hidden_dim=hidden, n_heads=16, n_kv_heads=16,
+                             vocab_size=512, seq_len=t, seed=0)
+        g = torch.Generator().manual_seed(1)
+        batches = [torch.randint(3, 512, (1, t), generator=g) for _ in range(n)]
+        model_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+        tokens = n * t
+        # One block's activations: the float and quantized streams (2 x dim per token) and the
+        # inputs of the widest group captured from both streams plus its quantized copy (3 x hidden).
+        act_mb = tokens * (2 * dim + 3 * hidden) * 4 / 2**20
+        proc, port = start_server("--workers", "2")
+        try:
+            with Client(f"127.0.0.1:{port}", deadline=3600) as client:
+                t0 = time.time()
+                res = quantize_model(model, batches, client, Config(accumulator_bits=20), max_batch_tokens=2048,
+                                     progress=True)
+                wall = time.time() - t0
+        finally:
+            stop(proc)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss
+        figures = {"params_M": round(model_mb * 2**20 / 4 / 1e6, 1), "model_MiB": round(model_mb),
+                   "tokens": tokens, "activations_MiB": round(act_mb), "peak_rss_growth_MiB": round(peak),
+                   "wall_s": round(wall, 1), "timings_s": {k: round(v, 1) for k, v in res.timings.items()},
+                   "server_share": round(res.timings["server"] / wall, 3), "layers": len(res)}
+        print("\nAXEQ_LARGE " + json.dumps(figures), flush=True)
+        self.assertEqual(len(res), 7 * blocks)
+        self.assertTrue(all(r.verify(Config(accumulator_bits=20)).safe for r in res.values()))
+        self.assertLessEqual(peak, 2 * model_mb + act_mb, figures)
+
+
+if __name__ == "__main__":
+    unittest.main()
