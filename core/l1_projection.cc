@@ -17,19 +17,22 @@ double L1ProjectionThreshold(absl::Span<const double> v, double radius) {
   for (double x : v) total += std::abs(x);
   if (total <= radius) return 0.0;
   // lambda >= (sum_{kept} - radius) / |kept| for any superset of the support (Michelot 1986), so
-  // entries at or below that bound cannot be in the support: drop them before sorting. Passes
-  // (repeated while they drop anything) leave a small fraction of the row; the sort then finds rho exactly (Duchi et al.).
+  // entries at or below that bound cannot be in the support: drop them. The passes (repeated while
+  // they drop anything) end on the support itself, where the bound is lambda; the sort (Duchi et
+  // al.) only backs up a pass limit that is not reached in practice.
   double bound = (total - radius) / static_cast<double>(v.size());
   for (double x : v)
     if (std::abs(x) > bound) mag.push_back(std::abs(x));
-  for (int pass = 0; pass < 16; ++pass) {  // Michelot's passes; stop when nothing is dropped
+  for (int pass = 0; pass < 64; ++pass) {  // Michelot's passes; stop when nothing is dropped
     double kept = 0;
     for (double m : mag) kept += m;
     bound = std::max(bound, (kept - radius) / static_cast<double>(mag.size()));
     const size_t before = mag.size();
     mag.erase(std::remove_if(mag.begin(), mag.end(), [&](double m) { return m <= bound; }), mag.end());
     if (mag.empty()) return bound;
-    if (mag.size() == before) break;
+    // Nothing dropped: the kept entries are the support (all > lambda = (sum - radius) / count),
+    // so bound is the exact threshold (Michelot 1986; Condat 2016) and no sort is needed.
+    if (mag.size() == before) return std::max(bound, 0.0);
   }
   std::sort(mag.begin(), mag.end(), std::greater<double>());
   // rho = max{j : mag_j - (sum_{i<=j} mag_i - radius) / j > 0}; lambda = (sum_{i<=rho} - radius)/rho
