@@ -5,13 +5,6 @@
 
 namespace axeq {
 
-std::vector<std::pair<int64_t, int64_t>> ChunkRanges(int64_t total, int64_t chunk, int64_t align) {
-  std::vector<std::pair<int64_t, int64_t>> out;
-  const int64_t step = std::max<int64_t>(align, chunk / std::max<int64_t>(align, 1) * align);
-  for (int64_t b = 0; b < total; b += step) out.emplace_back(b, std::min(total, b + step));
-  return out;
-}
-
 absl::StatusOr<LayerOptions> OptionsFromProto(const v1::QuantizationConfig& c) {
   LayerOptions o;
   switch (c.algorithm()) {
@@ -125,13 +118,13 @@ v1::Certificate CertificateToProto(const Certificate& c) {
   p.set_output_channels(c.output_channels);
   p.set_inputs(c.inputs);
   p.set_weight_bits(c.weight_bits);
-  p.set_input_bits(c.input_bits);
-  p.set_inputs_signed(c.inputs_signed);
-  p.set_input_min(c.input_min);
-  p.set_input_max(c.input_max);
-  p.set_accumulator_bits(c.accumulator_bits);
-  p.set_tile_size(c.tile_size);
-  p.set_twos_complement(c.twos_complement);
+  p.set_input_bits(c.input.bits);
+  p.set_inputs_signed(c.input.is_signed);
+  p.set_input_min(c.input_min());
+  p.set_input_max(c.input_max());
+  p.set_accumulator_bits(c.accumulator.bits);
+  p.set_tile_size(c.tile_size());
+  p.set_twos_complement(c.accumulator.twos_complement);
   p.set_outer_accumulator_bits(c.outer_accumulator_bits);
   p.set_min_accumulator_bits(c.min_accumulator_bits);
   p.set_min_outer_accumulator_bits(c.min_outer_accumulator_bits);
@@ -149,19 +142,22 @@ v1::Certificate CertificateToProto(const Certificate& c) {
   return p;
 }
 
-Certificate CertificateFromProto(const v1::Certificate& p) {
+absl::StatusOr<Certificate> CertificateFromProto(const v1::Certificate& p) {
   Certificate c;
   c.weights_sha256 = p.weights_sha256();
   c.output_channels = p.output_channels();
   c.inputs = p.inputs();
   c.weight_bits = p.weight_bits();
-  c.input_bits = p.input_bits();
-  c.inputs_signed = p.inputs_signed();
-  c.input_min = p.input_min();
-  c.input_max = p.input_max();
-  c.accumulator_bits = p.accumulator_bits();
-  c.tile_size = p.tile_size();
-  c.twos_complement = p.twos_complement();
+  c.input.bits = p.input_bits();
+  c.input.is_signed = p.inputs_signed();
+  if (c.input.bits < 2 || c.input.bits > 16 || p.input_min() != c.input_min() || p.input_max() != c.input_max())
+    return absl::DataLossError(absl::StrCat("certificate input range [", p.input_min(), ", ", p.input_max(),
+                                            "] is not that of ", c.input.bits, "-bit codes"));
+  if (p.tile_size() < 1 || p.tile_size() > p.inputs() || p.tile_size() > INT32_MAX)
+    return absl::DataLossError(absl::StrCat("certificate tile_size ", p.tile_size(), " is outside [1, ", p.inputs(), "]"));
+  c.accumulator.bits = p.accumulator_bits();
+  c.accumulator.tile_size = static_cast<int>(p.tile_size());
+  c.accumulator.twos_complement = p.twos_complement();
   c.outer_accumulator_bits = p.outer_accumulator_bits();
   c.min_accumulator_bits = p.min_accumulator_bits();
   c.min_outer_accumulator_bits = p.min_outer_accumulator_bits();
@@ -172,7 +168,7 @@ Certificate CertificateFromProto(const v1::Certificate& p) {
   return c;
 }
 
-v1::QualityReport ReportToProto(const LayerResult& r, int64_t samples, double seconds) {
+v1::QualityReport ReportToProto(const QuantizedLayer& r) {
   v1::QualityReport p;
   p.set_relative_error(r.report.relative_error);
   p.set_relative_error_quantized_inputs(r.report.relative_error_quantized_inputs);
@@ -182,16 +178,34 @@ v1::QualityReport ReportToProto(const LayerResult& r, int64_t samples, double se
   p.set_max_l1(r.report.max_l1);
   p.set_min_accumulator_bits(r.report.min_accumulator_bits);
   p.set_min_outer_accumulator_bits(r.report.min_outer_accumulator_bits);
-  p.set_description(r.description);
-  p.set_damping(r.damping);
-  p.set_damping_retries(r.damping_retries);
-  p.set_dead_inputs(r.dead_inputs);
+  p.set_description(r.run.description);
+  p.set_damping(r.run.damping);
+  p.set_damping_retries(r.run.damping_retries);
+  p.set_dead_inputs(r.run.dead_inputs);
   p.set_bias_corrected(r.bias_corrected);
-  p.set_seconds(seconds);
-  p.set_weight_bits(r.weight_bits);
-  p.set_input_bits(r.input_bits);
-  p.set_samples(samples);
+  p.set_seconds(r.run.seconds);
+  p.set_weight_bits(r.certificate.weight_bits);
+  p.set_input_bits(r.certificate.input.bits);
+  p.set_samples(r.run.samples);
   return p;
+}
+
+void ReportFromProto(const v1::QualityReport& p, QuantizedLayer* r) {
+  r->report.relative_error = p.relative_error();
+  r->report.relative_error_quantized_inputs = p.relative_error_quantized_inputs();
+  r->report.sparsity = p.sparsity();
+  r->report.max_abs_code = p.max_abs_code();
+  r->report.mean_l1 = p.mean_l1();
+  r->report.max_l1 = p.max_l1();
+  r->report.min_accumulator_bits = p.min_accumulator_bits();
+  r->report.min_outer_accumulator_bits = p.min_outer_accumulator_bits();
+  r->run.description = p.description();
+  r->run.damping = p.damping();
+  r->run.damping_retries = p.damping_retries();
+  r->run.dead_inputs = p.dead_inputs();
+  r->run.samples = p.samples();
+  r->run.seconds = p.seconds();
+  r->bias_corrected = p.bias_corrected();
 }
 
 grpc::Status ToGrpc(const absl::Status& s) {

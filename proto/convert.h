@@ -1,5 +1,7 @@
-// What client and server share about the wire: conversion between axeq.v1 messages and core types,
-// status conversion (the one place it happens), and the chunk size and chunker both sides use.
+// The wire codec (proto/ owns every axeq.v1 <-> core conversion; server/ and client/ call it and
+// build no message field by field): options, activation quantizer, certificate, quality report and
+// status <-> gRPC status here; the upload (header <-> plan, chunks) in upload.h; the result
+// (Finished <-> QuantizedLayer, result chunks, events, job states) in result.h.
 #ifndef AXEQ_PROTO_CONVERT_H_
 #define AXEQ_PROTO_CONVERT_H_
 
@@ -13,16 +15,10 @@
 #include "core/certificate.h"
 #include "core/layer.h"
 #include "grpcpp/support/status.h"
+#include "proto/result.h"
+#include "proto/upload.h"
 
 namespace axeq {
-
-// Payload bytes per chunk message (well under gRPC's 4 MiB default message limit with headers).
-inline constexpr int64_t kChunkBytes = 3 << 20;
-// The server's message limit: a chunk plus its envelope, or one whole certificate.
-inline constexpr int kMaxMessageBytes = 64 << 20;
-
-// Returns [begin, end) byte ranges of at most `chunk` bytes covering [0, total), aligned to `align`.
-std::vector<std::pair<int64_t, int64_t>> ChunkRanges(int64_t total, int64_t chunk, int64_t align);
 
 // Applies the paper's defaults to zero fields and validates (INVALID_ARGUMENT naming the field).
 absl::StatusOr<LayerOptions> OptionsFromProto(const v1::QuantizationConfig& c);
@@ -32,10 +28,15 @@ absl::StatusOr<ActivationQuantizer> ActivationsFromProto(const v1::ActivationQua
 v1::ActivationQuantizer ActivationsToProto(const ActivationQuantizer& a);
 
 v1::Certificate CertificateToProto(const Certificate& c);
-Certificate CertificateFromProto(const v1::Certificate& c);
+// DATA_LOSS when the stated input range or tile is not that of the stated specs.
+absl::StatusOr<Certificate> CertificateFromProto(const v1::Certificate& c);
 
-v1::QualityReport ReportToProto(const LayerResult& r, int64_t samples, double seconds);
+// The report and the run info of a layer (QualityReport carries both, and the bit widths).
+v1::QualityReport ReportToProto(const QuantizedLayer& r);
+// Fills r->report, r->run (but job_id) and r->bias_corrected.
+void ReportFromProto(const v1::QualityReport& p, QuantizedLayer* r);
 
+// absl and gRPC share google.rpc.Code numbering; these keep code and message.
 grpc::Status ToGrpc(const absl::Status& s);
 absl::Status FromGrpc(const grpc::Status& s);
 
