@@ -4,6 +4,9 @@
 #include <fstream>
 #include <sstream>
 
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
@@ -23,9 +26,11 @@ absl::StatusOr<Authenticator> Authenticator::FromFile(const std::string& path) {
     std::string token, principal;
     if (!(ss >> token >> principal) || token.size() < 16)
       return absl::InvalidArgumentError(absl::StrCat(path, ":", n, ": expected '<token of >= 16 chars> <principal>'"));
-    a.principals_[token] = principal;
+    Entry e{token, principal, {}};
+    SHA256(reinterpret_cast<const unsigned char*>(token.data()), token.size(), e.digest);
+    a.entries_.push_back(std::move(e));
   }
-  if (a.principals_.empty()) return absl::InvalidArgumentError(absl::StrCat(path, " holds no tokens"));
+  if (a.entries_.empty()) return absl::InvalidArgumentError(absl::StrCat(path, " holds no tokens"));
   a.enabled_ = true;
   return a;
 }
@@ -37,9 +42,23 @@ absl::StatusOr<std::string> Authenticator::Authenticate(const grpc::ServerContex
   if (it == md.end()) return absl::UnauthenticatedError("missing 'authorization: Bearer <token>' metadata");
   const std::string value(it->second.data(), it->second.size());
   if (!absl::StartsWith(value, "Bearer ")) return absl::UnauthenticatedError("authorization metadata must be 'Bearer <token>'");
-  auto p = principals_.find(value.substr(7));
-  if (p == principals_.end()) return absl::UnauthenticatedError("unknown bearer token");
-  return p->second;
+  return PrincipalOf(value.substr(7));
+}
+
+absl::StatusOr<std::string> Authenticator::PrincipalOf(const std::string& token) const {
+  unsigned char digest[32];
+  SHA256(reinterpret_cast<const unsigned char*>(token.data()), token.size(), digest);
+  const Entry* match = nullptr;
+  for (const Entry& e : entries_)  // every entry, whatever matched: the time does not depend on the token
+    if (CRYPTO_memcmp(e.digest, digest, sizeof(digest)) == 0) match = &e;
+  if (!match) return absl::UnauthenticatedError("unknown bearer token");
+  return match->principal;
+}
+
+std::string Authenticator::TokenFor(const std::string& principal) const {
+  for (const Entry& e : entries_)
+    if (e.principal == principal) return e.token;
+  return "";
 }
 
 }  // namespace axeq::server

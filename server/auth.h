@@ -3,8 +3,8 @@
 #ifndef AXEQ_SERVER_AUTH_H_
 #define AXEQ_SERVER_AUTH_H_
 
-#include <map>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "grpcpp/server_context.h"
@@ -16,13 +16,21 @@ class Authenticator {
   // Loads the tokens file; an empty path disables authentication.
   static absl::StatusOr<Authenticator> FromFile(const std::string& path);
   // Returns the principal of the call's "authorization: Bearer <token>" metadata, or
-  // UNAUTHENTICATED (missing, malformed or unknown token).
+  // UNAUTHENTICATED (missing, malformed or unknown token). The token is compared with every
+  // known token in constant time (SHA-256 digests, CRYPTO_memcmp, no early exit).
   absl::StatusOr<std::string> Authenticate(const grpc::ServerContext& ctx) const;
+  absl::StatusOr<std::string> PrincipalOf(const std::string& token) const;
+  // Returns a token of `principal` (for calls forwarded to peer replicas); empty when none.
+  std::string TokenFor(const std::string& principal) const;
   bool enabled() const { return enabled_; }
 
  private:
+  struct Entry {
+    std::string token, principal;
+    unsigned char digest[32];
+  };
   bool enabled_ = false;
-  std::map<std::string, std::string> principals_;
+  std::vector<Entry> entries_;
 };
 
 }  // namespace axeq::server

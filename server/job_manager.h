@@ -1,7 +1,15 @@
 // Jobs of the axeq server: a bounded queue in front of a fixed set of workers that run the core
-// engine, with admission control (queue length and a memory budget), per-job cancellation and
-// deadlines, watchers that wait for progress, idempotency keys, and durable results written
-// atomically to a results directory so a restarted server still serves them.
+// engine, with admission control (jobs receiving or queued against --max-queue, and a memory
+// budget reserved in full at admission, before the upload allocates anything), idle-upload
+// timeouts, per-job cancellation and deadlines, watchers that wait for progress, idempotency keys
+// bound at admission (a resubmission carries the existing job's id from its first event), bounded
+// in-memory state, durable results (server/durable.h) and job ids that name their replica, whose
+// Watch/Cancel are forwarded to the owner (server/replicas.h).
+//
+// Call sequence of an upload handler: Admit (before allocating) -> AddReceived per chunk ->
+// Deduplicate -> Submit, or Fail on any error; then follow the job with WaitForChange/Snapshot.
+// It may set Job::abort_upload (e.g. to ServerContext::TryCancel) so that an idle timeout also
+// ends the call and frees its buffers; it is cleared by Submit and Fail.
 #ifndef AXEQ_SERVER_JOB_MANAGER_H_
 #define AXEQ_SERVER_JOB_MANAGER_H_
 
@@ -12,10 +20,12 @@
 #include <deque>
 #include <functional>
 #include <future>
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -24,18 +34,29 @@
 #include "axeq/v1/axeq.pb.h"
 #include "core/layer.h"
 #include "core/thread_pool.h"
+#include "server/durable.h"
+#include "server/replicas.h"
 
 namespace axeq::server {
 
+inline constexpr size_t kMaxLayerNameBytes = 512;
+inline constexpr size_t kMaxIdempotencyKeyBytes = 256;
+
 struct JobManagerOptions {
-  int workers = 0;                       // concurrent jobs; 0 = hardware threads
-  int compute_threads = 0;               // threads the engine uses inside a job; 0 = hardware
+  int workers = 0;                       // concurrent jobs; 0 = the container's CPU quota
+  int compute_threads = 0;               // engine threads inside a job; 0 = the CPU quota
   int compute_nice = 10;                 // nice value of engine threads (above the network threads')
-  int max_queue = 64;                    // jobs waiting for a worker
-  int64_t memory_budget_bytes = 16ll << 30;  // reserved by receiving + queued + running jobs
+  int max_queue = 64;                    // jobs receiving or waiting for a worker
+  int64_t memory_budget_bytes = 0;       // reserved by receiving + queued + running jobs; 0 = 75% of the cgroup limit
+  std::chrono::milliseconds upload_idle_timeout{60000};  // an upload silent this long is ended
+  std::chrono::milliseconds finished_ttl{10 * 60 * 1000};  // finished jobs leave memory after this
+  int max_finished_jobs = 1000;          // ... or beyond this many (oldest first)
+  int max_failed_jobs = 256;             // failed/cancelled records kept (oldest dropped first)
   std::string results_dir;               // empty: results live in memory only
   double retention_hours = 24 * 7;       // durable results older than this are deleted
   int64_t retention_max_bytes = 20ll << 30;  // and the oldest beyond this total
+  std::chrono::milliseconds housekeeping_interval{1000};  // timeouts, eviction, retention
+  PeerOptions peers;                     // replica id (empty = host name) and how to reach peers
 };
 
 // Everything a job needs to run, gathered by the upload handler.
@@ -71,12 +92,22 @@ struct Job {
   int64_t version = 0;  // bumps on every change; watchers wait for it
   absl::Status status;
   std::unique_ptr<JobInput> input;
+  std::function<void()> abort_upload;   // set by the upload handler; see the file comment
+  absl::StatusCode stop_code = absl::StatusCode::kCancelled;  // why `cancel` was set
+  int64_t last_activity_ms = 0, ended_ms = 0;
+  std::shared_ptr<Job> resubmission_of;  // an upload under a key already bound to this job
+  bool listed = true;  // in the job table (a resubmission is not, until it replaces its job)
   // Result (SUCCEEDED): codes, scales, bias and the summary; loaded from disk when evicted.
   std::shared_ptr<const MatrixXi8> codes;
   std::shared_ptr<const MatrixXf> scales;
   std::shared_ptr<const Eigen::VectorXf> bias;
-  v1::Finished finished;
+  v1::Finished finished;  // complete once the state is terminal
   std::string durable_path;
+};
+
+struct AdmitRequest {
+  std::string principal, layer_name, idempotency_key;
+  int64_t bytes = 0;  // the job's whole peak memory; < 0 means the estimate overflowed
 };
 
 class JobManager {
@@ -93,23 +124,32 @@ class JobManager {
   };
   void SetHooks(Hooks hooks) { hooks_ = std::move(hooks); }
 
-  // Admits a new job in RECEIVING for `principal` reserving `bytes`. RESOURCE_EXHAUSTED when the
-  // queue is full or the budget would be exceeded; UNAVAILABLE while draining.
-  absl::StatusOr<std::shared_ptr<Job>> Admit(const std::string& principal,
-                                             const std::string& layer_name, int64_t bytes);
+  // Admits an upload in RECEIVING, reserving `bytes` before anything is allocated. INVALID_ARGUMENT
+  // for over-long names/keys; FAILED_PRECONDITION when the layer can never fit the whole budget
+  // (permanent); RESOURCE_EXHAUSTED when jobs receiving + queued reach max_queue or the budget is
+  // in use (transient); UNAVAILABLE while draining. With a key already bound to a live or
+  // succeeded job of the principal, the returned upload carries that job's id.
+  absl::StatusOr<std::shared_ptr<Job>> Admit(const AdmitRequest& request);
+  absl::StatusOr<std::shared_ptr<Job>> Admit(const std::string& principal, const std::string& layer_name, int64_t bytes) {
+    return Admit(AdmitRequest{principal, layer_name, "", bytes});
+  }
   // Once the whole upload is in: binds the idempotency key to the job, or returns the earlier job
-  // of the same principal with the same key and content digest (the new one is then dropped).
+  // of the same principal with the same key and content digest (the upload is then dropped).
   // ALREADY_EXISTS when the key was used for different content.
   absl::StatusOr<std::shared_ptr<Job>> Deduplicate(const std::shared_ptr<Job>& job,
                                                    const std::string& key, const std::string& digest);
   void AddReceived(Job& job, int64_t bytes);
-  // Queues an admitted job with its input. The job then runs on a worker.
+  // Queues an admitted job with its input (ignored if the upload already ended, e.g. timed out).
   void Submit(const std::shared_ptr<Job>& job, std::unique_ptr<JobInput> input);
-  // Ends a job that never got queued (bad upload) or that is cancelled, with `status`.
+  // Ends a job that never got queued (bad upload) or that is cancelled, with `status`. A rejected
+  // upload leaves no record; a running job is asked to stop (state CANCELLING).
   void Fail(const std::shared_ptr<Job>& job, const absl::Status& status);
-  // Requests cancellation; returns the job's state.
+  // Cancels: a job not yet running ends CANCELLED at once; a running one answers CANCELLING and
+  // ends CANCELLED within one block. Forwarded to the owner for another replica's id.
   absl::StatusOr<v1::JobState> Cancel(const std::string& principal, const std::string& id);
-  // Looks up a job the principal owns: NOT_FOUND or PERMISSION_DENIED.
+  // Looks up a job the principal owns: NOT_FOUND (never existed, or expired), ABORTED (this
+  // replica's id from before a restart, whose job was lost: resubmit), PERMISSION_DENIED. Another
+  // replica's id returns a mirror of the owner's job, followed through a forwarded Watch.
   absl::StatusOr<std::shared_ptr<Job>> Get(const std::string& principal, const std::string& id);
   std::vector<std::shared_ptr<Job>> List(const std::string& principal);
   // Waits until the job's version differs from `seen` or `timeout` passes; returns the version.
@@ -118,10 +158,14 @@ class JobManager {
   v1::Progress Snapshot(const Job& job, int* queue_position = nullptr);
   // Loads the result of a SUCCEEDED job (from memory or its durable file).
   absl::Status LoadResult(Job& job);
-  // Stops admitting; waits up to `grace` for running and queued jobs, then cancels the rest.
+  // Stops admitting; waits up to `grace` for running and queued jobs, then stops the rest, which
+  // end UNAVAILABLE (retry on another replica).
   void Drain(std::chrono::milliseconds grace);
   int queued() const;
   int running() const;
+  size_t jobs_in_memory() const;
+  const std::string& replica_id() const { return replica_id_; }
+  const JobManagerOptions& options() const { return options_; }
   // The engine's thread pool, for work done ahead of a job (e.g. OPTQ's factor during the upload).
   RunContext ComputeContext();
   // Lowers the calling thread to the engine's priority (for engine work started outside a job).
@@ -129,29 +173,42 @@ class JobManager {
 
  private:
   explicit JobManager(const JobManagerOptions& options);
+  std::string NewJobId();
   void Worker();
   void Run(const std::shared_ptr<Job>& job);
-  void Notify(Job& job);  // requires mu_
-  void Persist(Job& job);
-  void EnforceRetention();
+  void Finish(Job& job, const absl::Status& status);  // requires mu_: terminal state + record
+  void Release(Job& job);                             // requires mu_: reservation, upload slot
+  bool FailLocked(const std::shared_ptr<Job>& job, const absl::Status& status);  // requires mu_
+  void Notify(Job& job);                              // requires mu_
+  void Housekeeping();
+  void ExpireUploads(int64_t now_ms);
+  void EvictFinished(int64_t now_ms);
+  void Persist(Job& job, const QuantizedLayer& layer);
+  absl::StatusOr<std::shared_ptr<Job>> FromDisk(const std::string& principal, const std::string& id);
+  absl::StatusOr<std::shared_ptr<Job>> Mirror(const std::string& principal, const std::string& id, const std::string& replica);
   void ReportLoad();
 
   JobManagerOptions options_;
+  std::string replica_id_, boot_;
+  std::set<std::string> earlier_boots_;  // from the results dir; empty without one
   Hooks hooks_;
   mutable std::mutex mu_;
-  std::condition_variable work_cv_, change_cv_;
+  std::condition_variable work_cv_, change_cv_, housekeeping_cv_;
   std::map<std::string, std::shared_ptr<Job>> jobs_;
   std::map<std::pair<std::string, std::string>, std::string> by_key_;  // (principal, key) -> id
   std::deque<std::shared_ptr<Job>> queue_;
-  int running_ = 0;
+  std::list<std::string> finished_order_, failed_order_;  // ids, oldest first
+  std::map<const Job*, std::shared_ptr<Job>> uploads_;  // jobs in RECEIVING
+  int running_ = 0, active_mirrors_ = 0;
   int64_t reserved_ = 0;
   bool draining_ = false, stopping_ = false;
+  std::unique_ptr<DurableResults> durable_;
+  std::unique_ptr<Peers> peers_;
+  std::map<const Job*, grpc::ClientContext*> mirror_calls_;  // cancelled on destruction
   std::unique_ptr<ThreadPool> compute_;
   std::vector<std::thread> workers_;
+  std::thread housekeeper_;
 };
-
-// Returns a fresh random job id (128 bits, hex).
-std::string NewJobId();
 
 }  // namespace axeq::server
 

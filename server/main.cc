@@ -1,7 +1,9 @@
 // axeq-server: parses flags and wires; the server itself is server/server.cc.
 #include <csignal>
 #include <cstdio>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "CLI/CLI.hpp"
 #include "server/server.h"
@@ -13,16 +15,25 @@ void OnSignal(int sig) { g_signal = sig; }
 
 int main(int argc, char** argv) {
   axeq::server::ServerOptions o;
-  double grace = 30, budget_mb = 16384, retention_mb = 20480, max_upload_mb = 24576;
+  double grace = 30, budget_mb = 0, retention_mb = 20480, max_upload_mb = 24576, idle_s = 60, finished_ttl_s = 600;
+  std::vector<std::string> peers;
   CLI::App app{"axeq-server: accumulator-aware quantization as a gRPC service"};
   app.add_option("--address", o.address, "host:port to serve gRPC on (port 0 picks one)")->capture_default_str();
   app.add_option("--metrics-address", o.metrics_address, "host:port for Prometheus /metrics (empty: off)")->capture_default_str();
-  app.add_option("--workers", o.jobs.workers, "concurrent jobs (0 = hardware threads)")->capture_default_str();
-  app.add_option("--compute-threads", o.jobs.compute_threads, "engine threads shared by jobs (0 = hardware threads)")->capture_default_str();
+  app.add_option("--workers", o.jobs.workers, "concurrent jobs (0 = the container's CPU quota)")->capture_default_str();
+  app.add_option("--compute-threads", o.jobs.compute_threads, "engine threads shared by jobs (0 = the container's CPU quota)")->capture_default_str();
   app.add_option("--compute-nice", o.jobs.compute_nice, "nice value of engine threads; they run below the network threads (0 = same priority)")
       ->check(CLI::Range(0, 19))->capture_default_str();
-  app.add_option("--max-queue", o.jobs.max_queue, "jobs waiting for a worker before RESOURCE_EXHAUSTED")->capture_default_str();
-  app.add_option("--memory-budget-mb", budget_mb, "memory reserved by admitted jobs before RESOURCE_EXHAUSTED")->capture_default_str();
+  app.add_option("--max-queue", o.jobs.max_queue, "jobs receiving or waiting for a worker before RESOURCE_EXHAUSTED")->capture_default_str();
+  app.add_option("--memory-budget-mb", budget_mb, "memory reserved by admitted jobs (0 = 75% of the cgroup memory limit or physical memory)")->capture_default_str();
+  app.add_option("--upload-idle-seconds", idle_s, "end an upload that sends nothing for this long and release its reservation")->capture_default_str();
+  app.add_option("--finished-ttl-seconds", finished_ttl_s, "finished jobs leave memory after this (durable results stay on disk)")->capture_default_str();
+  app.add_option("--max-finished-jobs", o.jobs.max_finished_jobs, "finished jobs kept in memory")->capture_default_str();
+  app.add_option("--max-failed-jobs", o.jobs.max_failed_jobs, "failed/cancelled job records kept in memory")->capture_default_str();
+  app.add_option("--replica-id", o.jobs.peers.replica_id, "names this replica in job ids ([a-z0-9-]; default: the host name)");
+  app.add_option("--peers", peers, "replica=host:port entries of peer replicas (comma-separated), to forward calls on their job ids")->delimiter(',');
+  app.add_option("--peer-address-template", o.jobs.peers.address_template, "address of a peer from its replica id, e.g. axeq-{replica}.axeq-headless:50051");
+  app.add_option("--peer-tls-ca", o.jobs.peers.tls_ca_file, "PEM CA to verify peers (default: --tls-client-ca; plaintext with --insecure)");
   app.add_option("--max-upload-mb", max_upload_mb, "largest accepted layer upload")->capture_default_str();
   app.add_option("--results-dir", o.jobs.results_dir, "durable results (empty: memory only)");
   app.add_option("--retention-hours", o.jobs.retention_hours, "delete durable results older than this")->capture_default_str();
@@ -38,6 +49,16 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   o.drain_delay = std::chrono::milliseconds(static_cast<int64_t>(drain_delay * 1000));
   o.jobs.memory_budget_bytes = static_cast<int64_t>(budget_mb * (1 << 20));
+  o.jobs.upload_idle_timeout = std::chrono::milliseconds(static_cast<int64_t>(idle_s * 1000));
+  o.jobs.finished_ttl = std::chrono::milliseconds(static_cast<int64_t>(finished_ttl_s * 1000));
+  for (const std::string& p : peers) {
+    const size_t eq = p.find('=');
+    if (eq == std::string::npos) {
+      std::fprintf(stderr, "axeq-server: --peers entry '%s' must be replica=host:port\n", p.c_str());
+      return 2;
+    }
+    o.jobs.peers.peers[p.substr(0, eq)] = p.substr(eq + 1);
+  }
   o.jobs.retention_max_bytes = static_cast<int64_t>(retention_mb * (1 << 20));
   o.max_upload_bytes = static_cast<int64_t>(max_upload_mb * (1 << 20));
   std::signal(SIGTERM, OnSignal);

@@ -72,10 +72,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   } else {
     return absl::InvalidArgumentError("no TLS certificate/key given: pass --tls-cert and --tls-key, or --insecure for plaintext");
   }
-  auto jobs = JobManager::Create(o.jobs);
+  JobManagerOptions jo = o.jobs;
+  // Calls forwarded to the replica that owns a job carry a token of the caller's own principal.
+  jo.peers.token_for = [tokens = std::make_shared<Authenticator>(*auth)](const std::string& p) { return tokens->TokenFor(p); };
+  if (jo.peers.tls_ca_file.empty() && !o.insecure) jo.peers.tls_ca_file = o.tls_client_ca_file;
+  auto jobs = JobManager::Create(jo);
   if (!jobs.ok()) return jobs.status();
   s->jobs_ = std::move(jobs).value();
-  const int workers = o.jobs.workers > 0 ? o.jobs.workers : std::max(1u, std::thread::hardware_concurrency());
+  const int workers = s->jobs_->options().workers;
   auto metrics = Metrics::Create(o.metrics_address, workers);
   if (!metrics.ok()) return metrics.status();
   s->metrics_ = std::move(metrics).value();
@@ -103,8 +107,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   if (!s->server_ || s->port_ == 0)
     return absl::UnavailableError(absl::StrCat("cannot listen on ", o.address));
   s->server_->GetHealthCheckService()->SetServingStatus(true);
+  // Per service too (Drain's SetServingStatus(false) turns both to NOT_SERVING).
+  s->server_->GetHealthCheckService()->SetServingStatus("axeq.v1.Quantizer", true);
   if (log) LogJson({{"ts_ms", NowMs()}, {"event", "serving"}, {"port", s->port_}, {"metrics_port", s->metrics_port()},
-                    {"tls", creds != nullptr && !o.insecure}, {"auth", !o.tokens_file.empty()}});
+                    {"tls", creds != nullptr && !o.insecure}, {"auth", !o.tokens_file.empty()},
+                    {"replica", s->jobs_->replica_id()}, {"workers", workers},
+                    {"compute_threads", s->jobs_->options().compute_threads},
+                    {"memory_budget_mb", s->jobs_->options().memory_budget_bytes >> 20}});
   return s;
 }
 

@@ -2,7 +2,10 @@
 // bit-identical codes embedded and over the wire (rows and statistics uploads); every malformed
 // stream gets its exact status code and the server keeps serving; auth, TLS and mTLS; cancellation
 // and deadlines; results survive a restart; and the real binary drains on SIGTERM.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,12 +18,16 @@
 #include <thread>
 
 #include "client/remote.h"
+#include "core/verify.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "core/test_util.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "gtest/gtest.h"
 #include "proto/convert.h"
+#include "formats/result_file.h"
+#include "server/limits.h"
+#include "server/replicas.h"
 #include "server/server.h"
 
 namespace axeq {
@@ -75,7 +82,7 @@ Case MakeCase(std::mt19937_64& rng, Algorithm alg, int tile, bool is_signed) {
   return c;
 }
 
-LayerResult Embedded(const Case& c) {
+QuantizedLayer Embedded(const Case& c) {
   StatsAccumulator acc(c.layer.x.cols(), true, true);
   EXPECT_TRUE(acc.Add(c.layer.x, c.layer.xq).ok());
   return *QuantizeLayer(c.layer.weights, &c.bias, *acc.Finish(), c.options);
@@ -100,15 +107,15 @@ TEST(ServerConformance, RemoteEqualsEmbeddedBitForBit) {
     for (int tile : {0, 24})
       for (bool is_signed : {false, true}) {
         Case c = MakeCase(rng, alg, tile, is_signed);
-        const LayerResult local = Embedded(c);
+        const QuantizedLayer local = Embedded(c);
         auto rows = client->Quantize(Remote(c));
         ASSERT_TRUE(rows.ok()) << rows.status();
-        EXPECT_EQ(rows->result.codes, local.codes);
-        EXPECT_EQ(rows->result.scales, local.scales);
-        EXPECT_EQ(*rows->result.bias, *local.bias);
-        EXPECT_EQ(rows->result.certificate.weights_sha256, local.certificate.weights_sha256);
-        EXPECT_TRUE(VerifyCertificate(rows->result.codes, rows->result.certificate).consistent);
-        EXPECT_EQ(rows->result.report.relative_error, local.report.relative_error);
+        EXPECT_EQ(rows->codes, local.codes);
+        EXPECT_EQ(rows->scales, local.scales);
+        EXPECT_EQ(*rows->bias, *local.bias);
+        EXPECT_EQ(rows->certificate.weights_sha256, local.certificate.weights_sha256);
+        EXPECT_TRUE(VerifyCertificate(rows->codes, rows->certificate).consistent);
+        EXPECT_EQ(rows->report.relative_error, local.report.relative_error);
         // Statistics upload: the same statistics give the same codes.
         StatsAccumulator acc(c.layer.x.cols(), true, true);
         ASSERT_TRUE(acc.Add(c.layer.x, c.layer.xq).ok());
@@ -117,16 +124,16 @@ TEST(ServerConformance, RemoteEqualsEmbeddedBitForBit) {
         l.stats = &stats;
         auto st = client->Quantize(l);
         ASSERT_TRUE(st.ok()) << st.status();
-        EXPECT_EQ(st->result.codes, local.codes);
-        EXPECT_EQ(st->result.report.relative_error, local.report.relative_error);  // xx and cross went
+        EXPECT_EQ(st->codes, local.codes);
+        EXPECT_EQ(st->report.relative_error, local.report.relative_error);  // xx and cross went
         // OPTQ without xx: the client leaves cross out (OPTQ does not read it); same codes.
         LayerStats lean = stats;
         lean.xx.resize(0, 0);
         l.stats = &lean;
         auto ls = client->Quantize(l);
         ASSERT_TRUE(ls.ok()) << ls.status();
-        EXPECT_EQ(ls->result.codes, local.codes);
-        EXPECT_EQ(ls->result.report.relative_error_quantized_inputs, local.report.relative_error_quantized_inputs);
+        EXPECT_EQ(ls->codes, local.codes);
+        EXPECT_EQ(ls->report.relative_error_quantized_inputs, local.report.relative_error_quantized_inputs);
       }
 }
 
@@ -176,21 +183,28 @@ TEST(ServerConformance, WeightsFromAStridedViewAreSentAsTheirValues) {
   auto b = client->Quantize(plain);
   ASSERT_TRUE(a.ok()) << a.status();
   ASSERT_TRUE(b.ok()) << b.status();
-  EXPECT_EQ(a->result.codes, b->result.codes);
-  EXPECT_EQ(a->result.codes, Embedded(c).codes);
+  EXPECT_EQ(a->codes, b->codes);
+  EXPECT_EQ(a->codes, Embedded(c).codes);
 }
 
 // Sends raw upload messages and returns the call's status (and the trailing metadata).
 class RawCall {
  public:
-  explicit RawCall(int port, const std::string& token = "") {
+  explicit RawCall(int port, const std::string& token = "", double deadline_seconds = 30) {
     channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials());
     stub_ = v1::Quantizer::NewStub(channel_);
     if (!token.empty()) ctx_.AddMetadata("authorization", "Bearer " + token);
-    ctx_.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    ctx_.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(deadline_seconds * 1000)));
     stream_ = stub_->Quantize(&ctx_);
   }
   void Send(const v1::UploadRequest& r) { stream_->Write(r); }
+  // Reads one event; false when the call ended.
+  bool Next(v1::JobEvent* e) {
+    if (!stream_->Read(e)) return false;
+    if (!e->job_id().empty()) job_id = e->job_id();
+    return true;
+  }
+  void Cancel() { ctx_.TryCancel(); }
   grpc::Status Finish() {
     stream_->WritesDone();
     v1::JobEvent e;
@@ -287,7 +301,7 @@ TEST(ServerBadInput, EachMalformedStreamGetsItsCodeAndTheServerKeepsServing) {
       {"oversized chunk", [&](RawCall& r) { r.Send(Header(c, k)); r.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 0, std::vector<float>(5 << 18, 1))); },
        grpc::StatusCode::INVALID_ARGUMENT, "4 MiB"},
       {"message over the limit", [&](RawCall& r) { r.Send(Header(c, k)); r.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 0, std::vector<float>(3 << 20, 1))); },
-       grpc::StatusCode::RESOURCE_EXHAUSTED, ""},
+       grpc::StatusCode::RESOURCE_EXHAUSTED, "larger than max"},
       {"missing chunks", [&](RawCall& r) { r.Send(Header(c, k)); r.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 0, w)); r.Send(Commit(1)); },
        grpc::StatusCode::FAILED_PRECONDITION, "GRAM has 0 of 64"},
       {"commit count", [&](RawCall& r) { r.Send(Header(c, k)); r.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 0, w)); r.Send(Commit(7)); },
@@ -302,7 +316,8 @@ TEST(ServerBadInput, EachMalformedStreamGetsItsCodeAndTheServerKeepsServing) {
          r.Send(Tensor(v1::TENSOR_KIND_GRAM, 0, g));
          r.Send(Commit(2));
        }, grpc::StatusCode::FAILED_PRECONDITION, "cannot hold"},
-      {"over the memory budget", [&](RawCall& r) { r.Send(Header(4096, 4096)); }, grpc::StatusCode::RESOURCE_EXHAUSTED, "MiB"},
+      {"over the whole memory budget", [&](RawCall& r) { r.Send(Header(4096, 4096)); }, grpc::StatusCode::FAILED_PRECONDITION,
+       "whole memory budget of 64 MiB"},
   };
   for (auto& b : cases) {
     RawCall call(port);
@@ -310,7 +325,8 @@ TEST(ServerBadInput, EachMalformedStreamGetsItsCodeAndTheServerKeepsServing) {
     grpc::Status s = call.Finish();
     EXPECT_EQ(s.error_code(), b.code) << b.what << ": " << s.error_message();
     EXPECT_NE(s.error_message().find(b.message_part), std::string::npos) << b.what << ": " << s.error_message();
-    if (std::string(b.what) == "over the memory budget") EXPECT_FALSE(call.Trailer("axeq-retry-after-ms").empty());
+    // A layer that can never fit is refused for good: no retry hint.
+    if (std::string(b.what) == "over the whole memory budget") EXPECT_TRUE(call.Trailer("axeq-retry-after-ms").empty());
     // The server still serves a good layer after every bad one.
     RawCall good(port);
     good.Send(Header(c, k));
@@ -337,13 +353,13 @@ TEST(ServerAuth, TokensAndPrincipals) {
   auto r = alice->Quantize(Remote(c));
   ASSERT_TRUE(r.ok()) << r.status();
   auto bob = ClientFor((*srv)->port(), "bob-token-0123456789ab");
-  EXPECT_EQ(bob->Fetch(r->job_id).status().code(), absl::StatusCode::kPermissionDenied);
-  EXPECT_EQ(bob->Cancel(r->job_id).status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(bob->Fetch(r->run.job_id).status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(bob->Cancel(r->run.job_id).status().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_TRUE(bob->List()->empty());
   EXPECT_EQ(alice->List()->size(), 1u);
-  auto again = alice->Fetch(r->job_id);
+  auto again = alice->Fetch(r->run.job_id);
   ASSERT_TRUE(again.ok());
-  EXPECT_EQ(again->result.codes, r->result.codes);
+  EXPECT_EQ(again->codes, r->codes);
   EXPECT_EQ(alice->Fetch("no-such-job").status().code(), absl::StatusCode::kNotFound);
 }
 
@@ -466,22 +482,22 @@ TEST(ServerDurability, ResultsSurviveARestart) {
     ASSERT_TRUE(srv.ok());
     auto r = ClientFor((*srv)->port())->Quantize(Remote(c));
     ASSERT_TRUE(r.ok()) << r.status();
-    id = r->job_id;
-    codes = r->result.codes;
+    id = r->run.job_id;
+    codes = r->codes;
   }
   auto srv = Server::Start(opts);
   ASSERT_TRUE(srv.ok());
   auto f = ClientFor((*srv)->port())->Fetch(id);
   ASSERT_TRUE(f.ok()) << f.status();
-  EXPECT_EQ(f->result.codes, codes);
-  EXPECT_TRUE(VerifyCertificate(f->result.codes, f->result.certificate).consistent);
+  EXPECT_EQ(f->codes, codes);
+  EXPECT_TRUE(VerifyCertificate(f->codes, f->certificate).consistent);
   // Idempotency: the same key and content returns the same job; other content is refused.
   RemoteLayer l = Remote(c);
   l.idempotency_key = "k1";
   auto a = ClientFor((*srv)->port())->Quantize(l);
   auto b = ClientFor((*srv)->port())->Quantize(l);
   ASSERT_TRUE(a.ok() && b.ok());
-  EXPECT_EQ(a->job_id, b->job_id);
+  EXPECT_EQ(a->run.job_id, b->run.job_id);
   l.options.accumulator.bits = 18;
   EXPECT_EQ(ClientFor((*srv)->port())->Quantize(l).status().code(), absl::StatusCode::kAlreadyExists);
 }
@@ -584,6 +600,7 @@ TEST(ServerDurability, RetentionKeepsTheNewestWithinTheSizeLimit) {
   auto opts = Plain();
   opts.jobs.results_dir = dir;
   opts.jobs.retention_max_bytes = 1;  // every result is larger: only the newest file may survive
+  opts.jobs.housekeeping_interval = std::chrono::milliseconds(50);
   auto srv = Server::Start(opts);
   ASSERT_TRUE(srv.ok());
   std::mt19937_64 rng(12);
@@ -592,11 +609,17 @@ TEST(ServerDurability, RetentionKeepsTheNewestWithinTheSizeLimit) {
     Case c = MakeCase(rng, Algorithm::kOptq, 0, false);
     auto r = ClientFor((*srv)->port())->Quantize(Remote(c));
     ASSERT_TRUE(r.ok()) << r.status();
-    ids.push_back(r->job_id);
+    ids.push_back(r->run.job_id);
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
+  // Retention runs in the background, on the index (no directory scans): wait for it.
   int files = 0;
-  for (const auto& e : fs::directory_iterator(dir)) files += e.path().string().find(".axeqjob.") != std::string::npos;
+  for (int i = 0; i < 60; ++i) {
+    files = 0;
+    for (const auto& e : fs::directory_iterator(dir)) files += e.path().string().find(".axeqjob.") != std::string::npos;
+    if (files <= 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
   EXPECT_LE(files, 1);
   // Evicted results are gone by id; the server keeps serving.
   EXPECT_EQ(ClientFor((*srv)->port())->Fetch(ids[0]).status().code(), absl::StatusCode::kNotFound);
@@ -623,6 +646,420 @@ TEST(ServerBinary, DrainsOnSigterm) {
   EXPECT_NE(text.find("\"serving\""), std::string::npos) << text;
   EXPECT_NE(text.find("draining"), std::string::npos) << text;
   EXPECT_NE(text.find("stopped"), std::string::npos) << text;
+}
+
+// ---- Admission, bounded state, lost jobs, job semantics and replicas (issues 10, 13, 15) ----
+
+long PeakRssKb() {
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("VmHWM:", 0) == 0) return std::atol(line.c_str() + 6);
+  return -1;
+}
+
+v1::UploadRequest RowsHeader(int64_t c, int64_t k) {
+  v1::UploadRequest r = Header(c, k);
+  r.mutable_header()->set_calibration(v1::CALIBRATION_KIND_ROWS);
+  r.mutable_header()->set_samples(0);
+  return r;
+}
+
+// The last event of Watch(id), or the call's error.
+absl::StatusOr<v1::JobEvent> WatchLast(int port, const std::string& id, bool include_result = false) {
+  auto stub = v1::Quantizer::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  v1::WatchRequest req;
+  req.set_job_id(id);
+  req.set_include_result(include_result);
+  auto reader = stub->Watch(&ctx, req);
+  v1::JobEvent e, last;
+  while (reader->Read(&e)) last = e;
+  auto s = reader->Finish();
+  if (!last.has_finished()) return FromGrpc(s);
+  return last;
+}
+
+TEST(ServerAdmission, HostileHeadersAnswerClearCodesWithoutAllocating) {
+  auto opts = Plain();
+  opts.jobs.memory_budget_bytes = int64_t{1} << 30;
+  auto srv = Server::Start(opts);
+  ASSERT_TRUE(srv.ok()) << srv.status();
+  const long rss0 = PeakRssKb();
+  struct Hostile {
+    v1::UploadRequest header;
+    grpc::StatusCode code;
+    const char* message_part;
+  };
+  for (const Hostile& h : {Hostile{RowsHeader(1, 16384), grpc::StatusCode::FAILED_PRECONDITION, "whole memory budget of 1024 MiB"},
+                           Hostile{RowsHeader(1, 131072), grpc::StatusCode::FAILED_PRECONDITION, "whole memory budget"},
+                           Hostile{Header(1, 131072), grpc::StatusCode::FAILED_PRECONDITION, "MiB"},
+                           Hostile{Header(8192, 8192), grpc::StatusCode::FAILED_PRECONDITION, "MiB at its peak"},
+                           Hostile{Header(1, 262144), grpc::StatusCode::INVALID_ARGUMENT, "header.inputs"}}) {
+    RawCall call((*srv)->port());
+    call.Send(h.header);
+    const grpc::Status s = call.Finish();
+    EXPECT_EQ(s.error_code(), h.code) << h.header.header().inputs() << ": " << s.error_message();
+    EXPECT_NE(s.error_message().find(h.message_part), std::string::npos) << s.error_message();
+    EXPECT_TRUE(call.Trailer("axeq-retry-after-ms").empty()) << "a permanent refusal must not invite retries";
+  }
+  const long delta_mb = (PeakRssKb() - rss0) / 1024;
+  std::printf("hostile headers: peak RSS delta %ld MiB\n", delta_mb);
+  EXPECT_LT(delta_mb, 256) << "a header alone must not allocate its layer's statistics";
+}
+
+TEST(ServerAdmission, ConcurrentUploadsCannotExceedTheQueueLimit) {
+  auto opts = Plain();
+  opts.jobs.max_queue = 2;
+  opts.jobs.workers = 1;
+  auto srv = Server::Start(opts);
+  ASSERT_TRUE(srv.ok()) << srv.status();
+  std::vector<std::unique_ptr<RawCall>> calls;
+  for (int i = 0; i < 6; ++i) {
+    calls.push_back(std::make_unique<RawCall>((*srv)->port()));
+    calls.back()->Send(Header(4, 8));  // the upload stays open: RECEIVING
+  }
+  int admitted = 0, refused = 0;
+  for (auto& c : calls) {
+    v1::JobEvent e;
+    if (c->Next(&e)) {
+      ++admitted;
+      continue;
+    }
+    const grpc::Status s = c->Finish();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+    EXPECT_NE(s.error_message().find("limit 2"), std::string::npos) << s.error_message();
+    EXPECT_FALSE(c->Trailer("axeq-retry-after-ms").empty()) << "a full queue is transient: retry later";
+    ++refused;
+  }
+  EXPECT_EQ(admitted, 2);
+  EXPECT_EQ(refused, 4);
+  for (auto& c : calls) c->Cancel();
+}
+
+TEST(ServerAdmission, IdleUploadsTimeOutAndReleaseTheirReservation) {
+  auto opts = Plain();
+  opts.jobs.memory_budget_bytes = 64 << 20;  // one 1024 x 1024 layer (~33 MiB) at a time
+  opts.jobs.upload_idle_timeout = std::chrono::milliseconds(300);
+  opts.jobs.housekeeping_interval = std::chrono::milliseconds(50);
+  auto srv = Server::Start(opts);
+  ASSERT_TRUE(srv.ok()) << srv.status();
+  RawCall idle((*srv)->port());
+  idle.Send(Header(1024, 1024));
+  v1::JobEvent e;
+  ASSERT_TRUE(idle.Next(&e));
+  {
+    RawCall second((*srv)->port());
+    second.Send(Header(1024, 1024));
+    EXPECT_EQ(second.Finish().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(900));
+  RawCall third((*srv)->port());
+  third.Send(Header(1024, 1024));
+  EXPECT_TRUE(third.Next(&e)) << "the idle upload still holds its reservation";
+  third.Cancel();
+  idle.Cancel();
+}
+
+TEST(ServerAdmission, DefaultsComeFromTheContainerLimits) {
+  EXPECT_EQ(server::ParseMemoryMax("max\n"), -1);
+  EXPECT_EQ(server::ParseMemoryMax("8589934592\n"), int64_t{8} << 30);
+  EXPECT_EQ(server::ParseMemoryMax("9223372036854771712\n"), -1);  // cgroup v1's "no limit"
+  EXPECT_EQ(server::ParseCpuMax("max 100000\n"), -1);
+  EXPECT_DOUBLE_EQ(server::ParseCpuMax("250000 100000\n"), 2.5);
+  EXPECT_DOUBLE_EQ(server::ParseCfsQuota("-1", "100000"), -1);
+  EXPECT_DOUBLE_EQ(server::ParseCfsQuota("50000\n", "100000\n"), 0.5);
+  EXPECT_GE(server::CpuQuota(), 1);
+  EXPECT_EQ(server::DefaultMemoryBudget(), server::MemoryLimitBytes() / 4 * 3);
+  auto opts = Plain();
+  opts.jobs.workers = 0;
+  opts.jobs.compute_threads = 0;
+  auto jobs = server::JobManager::Create(opts.jobs);
+  ASSERT_TRUE(jobs.ok()) << jobs.status();
+  EXPECT_EQ((*jobs)->options().memory_budget_bytes, server::DefaultMemoryBudget());
+  EXPECT_EQ((*jobs)->options().workers, server::CpuQuota());
+  EXPECT_EQ((*jobs)->options().compute_threads, server::CpuQuota());
+}
+
+TEST(ServerState, FinishedJobsLeaveMemoryAndRejectedUploadsLeaveNoRecord) {
+  auto opts = Plain();
+  opts.jobs.max_finished_jobs = 2;
+  opts.jobs.housekeeping_interval = std::chrono::milliseconds(50);
+  auto srv = Server::Start(opts);
+  ASSERT_TRUE(srv.ok()) << srv.status();
+  auto client = ClientFor((*srv)->port());
+  std::mt19937_64 rng(21);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 4; ++i) {
+    auto r = client->Quantize(Remote(MakeCase(rng, Algorithm::kOptq, 0, false)));
+    ASSERT_TRUE(r.ok()) << r.status();
+    ids.push_back(r->run.job_id);
+  }
+  for (int i = 0; i < 3; ++i) {  // rejected uploads
+    RawCall bad((*srv)->port());
+    bad.Send(Header(4, 8));
+    bad.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 8, std::vector<float>(8, 1)));
+    EXPECT_EQ(bad.Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  auto list = client->List();
+  ASSERT_TRUE(list.ok());
+  EXPECT_EQ(list->size(), 2u);
+  for (const auto& j : *list) EXPECT_EQ(j.state(), v1::JOB_STATE_SUCCEEDED) << j.job_id();
+  EXPECT_EQ(client->Fetch(ids[0]).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(client->Fetch(ids[3]).ok());
+  EXPECT_EQ(client->Fetch(std::string(200, 'a')).status().code(), absl::StatusCode::kInvalidArgument);
+  // Idempotency keys are bounded.
+  RemoteLayer l = Remote(MakeCase(rng, Algorithm::kOptq, 0, false));
+  l.idempotency_key = std::string(300, 'k');
+  EXPECT_EQ(client->Quantize(l).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ServerDurability, ResultsAreResultFilesAndGarbageIsRemoved) {
+  const std::string dir = TempDir("resultfile");
+  std::ofstream(dir + "/junk.axeqjob.safetensors") << "not a result";
+  std::ofstream(dir + "/x.axeqjob.safetensors.tmp") << "half written";
+  std::ofstream(dir + "/notes.txt") << "not ours";
+  auto opts = Plain();
+  opts.jobs.results_dir = dir;
+  auto srv = Server::Start(opts);
+  ASSERT_TRUE(srv.ok()) << srv.status();
+  EXPECT_FALSE(fs::exists(dir + "/junk.axeqjob.safetensors"));
+  EXPECT_FALSE(fs::exists(dir + "/x.axeqjob.safetensors.tmp"));
+  EXPECT_TRUE(fs::exists(dir + "/notes.txt"));
+  std::mt19937_64 rng(22);
+  auto r = ClientFor((*srv)->port())->Quantize(Remote(MakeCase(rng, Algorithm::kGpfq, 8, false)));
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto layers = ReadResultFile(dir + "/" + r->run.job_id + ".axeqjob.safetensors");
+  ASSERT_TRUE(layers.ok()) << layers.status();
+  ASSERT_EQ(layers->size(), 1u);
+  EXPECT_EQ((*layers)[0].codes, r->codes);
+  EXPECT_TRUE(VerifyCertificate((*layers)[0].codes, (*layers)[0].certificate).ok());
+}
+
+TEST(ServerDurability, LostJobsAnswerAbortedAndUnknownIdsNotFound) {
+  const std::string dir = TempDir("lost");
+  auto opts = Plain();
+  opts.jobs.results_dir = dir;
+  opts.jobs.peers.replica_id = "r1";
+  std::string id;
+  {
+    auto srv = Server::Start(opts);
+    ASSERT_TRUE(srv.ok()) << srv.status();
+    RawCall upload((*srv)->port());
+    upload.Send(Header(4, 8));
+    v1::JobEvent e;
+    ASSERT_TRUE(upload.Next(&e));
+    id = upload.job_id;
+    EXPECT_EQ(id.rfind("r1-", 0), 0u) << id;
+    upload.Cancel();
+  }  // the server goes away with the job unfinished
+  auto srv = Server::Start(opts);
+  ASSERT_TRUE(srv.ok()) << srv.status();
+  auto client = ClientFor((*srv)->port());
+  const auto lost = client->Fetch(id).status();
+  EXPECT_EQ(lost.code(), absl::StatusCode::kAborted) << lost;
+  EXPECT_NE(lost.message().find("resubmit"), std::string::npos) << lost;
+  EXPECT_EQ(client->Fetch("r1-" + std::string(32, '0')).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(client->Fetch("no-such-job").status().code(), absl::StatusCode::kNotFound);
+}
+
+// A detached job that runs for seconds (float64, block 1), started through `client`; returns its id.
+std::string StartBigJob(RemoteClient* client, std::thread* runner, absl::StatusCode* code) {
+  *runner = std::thread([client, code] {
+    RemoteLayer l{"big", Big().w};
+    l.stats = &Big().stats;
+    l.activations.scale = 0.1f;
+    l.options.precision = Precision::kFloat64;
+    l.options.block_size = 1;
+    l.detach = true;
+    *code = client->Quantize(l).status().code();
+  });
+  for (int i = 0; i < 200; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    for (const auto& j : *client->List())
+      if (j.layer_name() == "big" && j.state() == v1::JOB_STATE_RUNNING) return j.job_id();
+  }
+  return "";
+}
+
+TEST(ServerCancel, CancelAnswersCancellingAndDeadlinesRecordDeadlineExceeded) {
+  auto opts = Plain();
+  opts.jobs.workers = 1;
+  auto srv = Server::Start(opts);
+  ASSERT_TRUE(srv.ok());
+  auto client = ClientFor((*srv)->port());
+  std::thread runner;
+  absl::StatusCode code = absl::StatusCode::kOk;
+  const std::string id = StartBigJob(client.get(), &runner, &code);
+  ASSERT_FALSE(id.empty());
+  auto st = client->Cancel(id);
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_EQ(*st, v1::JOB_STATE_CANCELLING);
+  runner.join();
+  EXPECT_EQ(code, absl::StatusCode::kCancelled);
+  auto last = WatchLast((*srv)->port(), id);
+  ASSERT_TRUE(last.ok()) << last.status();
+  EXPECT_EQ(last->finished().state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(last->finished().code(), static_cast<int>(absl::StatusCode::kCancelled));
+  // A deadline: the job's record says DEADLINE_EXCEEDED (code 4), not CANCELLED.
+  RemoteLayer l{"deadline", Big().w};
+  l.stats = &Big().stats;
+  l.activations.scale = 0.1f;
+  l.options.precision = Precision::kFloat64;
+  l.options.block_size = 1;
+  RemoteOptions ro;
+  ro.address = "127.0.0.1:" + std::to_string((*srv)->port());
+  ro.max_attempts = 1;
+  ro.deadline_seconds = 1.5;
+  EXPECT_EQ((*RemoteClient::Connect(ro))->Quantize(l).status().code(), absl::StatusCode::kDeadlineExceeded);
+  std::string deadline_id;
+  for (int i = 0; i < 100 && deadline_id.empty(); ++i) {
+    for (const auto& j : *client->List())
+      if (j.layer_name() == "deadline" && j.state() == v1::JOB_STATE_CANCELLED) deadline_id = j.job_id();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_FALSE(deadline_id.empty());
+  last = WatchLast((*srv)->port(), deadline_id);
+  ASSERT_TRUE(last.ok()) << last.status();
+  EXPECT_EQ(last->finished().code(), static_cast<int>(absl::StatusCode::kDeadlineExceeded)) << last->finished().message();
+}
+
+TEST(ServerCancel, JobsStoppedByADrainAnswerUnavailable) {
+  auto opts = Plain();
+  opts.jobs.workers = 1;
+  auto srv = Server::Start(opts);
+  ASSERT_TRUE(srv.ok());
+  auto client = ClientFor((*srv)->port());
+  std::thread runner;
+  absl::StatusCode code = absl::StatusCode::kOk;
+  ASSERT_FALSE(StartBigJob(client.get(), &runner, &code).empty());
+  (*srv)->Drain(std::chrono::milliseconds(100));
+  runner.join();
+  EXPECT_EQ(code, absl::StatusCode::kUnavailable) << "clients retry UNAVAILABLE on another replica";
+}
+
+TEST(ServerIdempotency, AResubmissionCarriesTheExistingIdFromItsFirstEvent) {
+  auto srv = Server::Start(Plain());
+  ASSERT_TRUE(srv.ok());
+  const int k = 8, c = 4;
+  auto upload = [&](RawCall& call) {
+    auto h = Header(c, k);
+    h.mutable_header()->set_idempotency_key("layer-7");
+    call.Send(h);
+    call.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 0, std::vector<float>(c * k, 0.5f)));
+    call.Send(Tensor(v1::TENSOR_KIND_GRAM, 0, Identity(k)));
+    call.Send(Commit(2));
+  };
+  RawCall first((*srv)->port());
+  upload(first);
+  ASSERT_TRUE(first.Finish().ok());
+  RawCall again((*srv)->port());
+  upload(again);
+  v1::JobEvent e;
+  ASSERT_TRUE(again.Next(&e));
+  EXPECT_EQ(e.job_id(), first.job_id) << "the first event of a resubmission names the existing job";
+  EXPECT_TRUE(again.Finish().ok());
+  EXPECT_EQ(again.job_id, first.job_id);
+  EXPECT_EQ(ClientFor((*srv)->port())->List()->size(), 1u);
+}
+
+TEST(ServerReplicas, JobIdsNameTheirReplica) {
+  EXPECT_TRUE(server::ValidReplicaId("axeq-0"));
+  EXPECT_FALSE(server::ValidReplicaId("evil.example.com"));
+  EXPECT_FALSE(server::ValidReplicaId("-a"));
+  EXPECT_FALSE(server::ValidReplicaId(""));
+  auto p = server::ParseJobId("axeq-0-0123456789abcdef0123456789abcdef");
+  ASSERT_TRUE(p.has_value());
+  EXPECT_EQ(p->replica, "axeq-0");
+  EXPECT_EQ(p->boot, "01234567");
+  EXPECT_FALSE(server::ParseJobId("0123456789abcdef0123456789abcdef").has_value());
+  EXPECT_FALSE(server::ParseJobId("a.b-0123456789abcdef0123456789abcdef").has_value());
+  EXPECT_TRUE(server::ValidReplicaId(server::DefaultReplicaId()));
+}
+
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t n = sizeof(a);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || getsockname(fd, reinterpret_cast<sockaddr*>(&a), &n) != 0) return 0;
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+// Starts the real axeq-server with `args`; returns its pid once it logs "serving" (or -1).
+pid_t SpawnServer(const std::vector<std::string>& args, const std::string& log) {
+  const char* bin = std::getenv("AXEQ_SERVER_BIN");
+  if (!bin) return -1;
+  const pid_t pid = fork();
+  if (pid == 0) {
+    freopen(log.c_str(), "w", stderr);
+    std::vector<char*> argv{const_cast<char*>(bin)};
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(bin, argv.data());
+    _exit(127);
+  }
+  for (int i = 0; i < 100; ++i) {
+    std::ifstream in(log);
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (text.find("\"serving\"") != std::string::npos) return pid;
+    if (waitpid(pid, nullptr, WNOHANG) == pid) return -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+  return -1;
+}
+
+TEST(ServerReplicas, FetchByIdThroughAnyReplicaAndAfterTheOwnerRestarts) {
+  ASSERT_NE(std::getenv("AXEQ_SERVER_BIN"), nullptr) << "AXEQ_SERVER_BIN not set";
+  const std::string d = TempDir("replicas");
+  const int pa = FreePort(), pb = FreePort();
+  const std::string peers = "a=127.0.0.1:" + std::to_string(pa) + ",b=127.0.0.1:" + std::to_string(pb);
+  auto args = [&](const std::string& r, int port) {
+    return std::vector<std::string>{"--address", "127.0.0.1:" + std::to_string(port), "--insecure", "--replica-id", r, "--peers", peers,
+                                    "--results-dir", d + "/" + r, "--drain-delay-seconds", "0", "--workers", "1", "--compute-threads", "1"};
+  };
+  pid_t a = SpawnServer(args("a", pa), d + "/a.log");
+  const pid_t b = SpawnServer(args("b", pb), d + "/b.log");
+  struct Reaper {  // the servers go away however the test ends
+    pid_t* a;
+    pid_t b;
+    ~Reaper() {
+      for (pid_t p : {*a, b})
+        if (p > 0 && kill(p, SIGKILL) == 0) waitpid(p, nullptr, 0);
+    }
+  } reaper{&a, b};
+  ASSERT_GT(a, 0);
+  ASSERT_GT(b, 0);
+  std::mt19937_64 rng(23);
+  Case c = MakeCase(rng, Algorithm::kOptq, 16, false);
+  auto r = ClientFor(pa)->Quantize(Remote(c));
+  ASSERT_TRUE(r.ok()) << r.status();
+  const std::string id = r->run.job_id;
+  EXPECT_EQ(id.rfind("a-", 0), 0u) << id;
+  auto via_b = ClientFor(pb)->Fetch(id);
+  ASSERT_TRUE(via_b.ok()) << via_b.status();
+  EXPECT_EQ(via_b->codes, r->codes);
+  EXPECT_EQ(via_b->scales, r->scales);
+  EXPECT_TRUE(VerifyCertificate(via_b->codes, via_b->certificate).ok());
+  auto cancel = ClientFor(pb)->Cancel(id);  // forwarded too: the job has already succeeded
+  ASSERT_TRUE(cancel.ok()) << cancel.status();
+  EXPECT_EQ(*cancel, v1::JOB_STATE_SUCCEEDED);
+  kill(a, SIGKILL);
+  waitpid(a, nullptr, 0);
+  a = -1;
+  EXPECT_EQ(ClientFor(pb)->Fetch(id).status().code(), absl::StatusCode::kUnavailable);
+  a = SpawnServer(args("a", pa), d + "/a2.log");
+  ASSERT_GT(a, 0);
+  auto after = ClientFor(pb)->Fetch(id);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->codes, r->codes);
+  EXPECT_TRUE(VerifyCertificate(after->codes, after->certificate).ok());
+  EXPECT_EQ(ClientFor(pb)->Fetch("a-" + std::string(32, '0')).status().code(), absl::StatusCode::kNotFound);
 }
 
 }  // namespace
