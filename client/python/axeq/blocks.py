@@ -163,7 +163,9 @@ def linear_groups(block, stream) -> list[list[str]]:
              for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)]
     try:
         x, args, kwargs = stream[0]
-        block(x, *args, **kwargs)
+        n = x.shape[0]  # one sequence is enough to see the structure
+        cut = lambda a: a[:1] if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == n else a
+        block(x[:1], *[cut(a) for a in args], **{k: cut(v) for k, v in kwargs.items()})
     finally:
         for h in hooks:
             h.remove()

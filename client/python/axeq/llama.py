@@ -24,6 +24,17 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
+_MASKS = {}
+
+
+def _causal(t, device):
+    """The [t, t] boolean mask of future positions (True above the diagonal), cached."""
+    key = (t, str(device))
+    if key not in _MASKS:
+        _MASKS[key] = torch.ones(t, t, dtype=torch.bool, device=device).triu(1)
+    return _MASKS[key]
+
+
 class Attention(nn.Module):
     def __init__(self, dim, n_heads, n_kv_heads):
         super().__init__()
@@ -46,13 +57,14 @@ class Attention(nn.Module):
 
         q, k = rope(q), rope(k)
         rep = self.n_heads // self.n_kv
-        k = k.repeat_interleave(rep, dim=2)
-        v = v.repeat_interleave(rep, dim=2)
-        q, k, v = (z.transpose(1, 2) for z in (q, k, v))
-        att = (q @ k.transpose(-1, -2)) / math.sqrt(self.hd)
-        mask = torch.full((t, t), float("-inf"), device=x.device).triu(1)
-        out = F.softmax(att + mask, dim=-1) @ v
-        return self.wo(out.transpose(1, 2).reshape(b, t, -1))
+        # Grouped-query attention without copying k and v: query heads h * rep .. h * rep + rep - 1
+        # share kv head h (as repeat_interleave would pair them).
+        q = q.view(b, t, self.n_kv, rep, self.hd).permute(0, 2, 3, 1, 4)  # [b, kv, rep, t, hd]
+        k, v = k.permute(0, 2, 1, 3)[:, :, None], v.permute(0, 2, 1, 3)[:, :, None]
+        att = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(self.hd))
+        att.masked_fill_(_causal(t, x.device), float("-inf"))
+        out = F.softmax(att, dim=-1) @ v  # [b, kv, rep, t, hd]
+        return self.wo(out.permute(0, 3, 1, 2, 4).reshape(b, t, -1))
 
 
 class FeedForward(nn.Module):
