@@ -109,8 +109,8 @@ void BM_Remote(benchmark::State& state) {
       break;
     }
     state.counters["upload_s"] = std::chrono::duration<double>(queued - t0).count();
-    state.counters["server_compute_s"] = r->seconds;
-    state.counters["after_compute_s"] = std::chrono::duration<double>(t1 - queued).count() - r->seconds;
+    state.counters["server_compute_s"] = r->run.seconds;
+    state.counters["after_compute_s"] = std::chrono::duration<double>(t1 - queued).count() - r->run.seconds;
     ingest_mb_s = static_cast<double>(UploadBytes(f, stats)) / 1e6 / std::chrono::duration<double>(queued - t0).count();
   }
   state.counters["ingest_MBps"] = ingest_mb_s;
