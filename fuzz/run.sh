@@ -23,7 +23,20 @@ core_srcs="core/quantizer.cc core/certificate.cc core/bounds.cc"
 formats_srcs="formats/safetensors.cc formats/certificate_json.cc formats/result_file.cc"
 wire_srcs="proto/upload.cc proto/result.cc proto/convert.cc core/options.cc"
 objs() { for s in "$@"; do echo "$out/obj/$(echo "$s" | tr / _).o"; done; }
-for s in $core_srcs $formats_srcs $wire_srcs; do compile "$src/$s" "$(objs "$s")"; done
+# clang-14 cannot capture a structured binding in a lambda (C++20, clang >= 16), which
+# formats/safetensors.cc does: compile a copy with the binding spelled out (reported upstream).
+fixup() {  # fixup SRC -> path to compile
+  if grep -q 'for (auto& \[name, v\] : j.items())' "$src/$1"; then
+    local copy="$out/gen/$(echo "$1" | tr / _)"
+    sed 's/for (auto& \[name, v\] : j.items()) {/for (auto\& item_ : j.items()) { const std::string name = item_.key(); auto\& v = item_.value();/' \
+      "$src/$1" > "$copy.new"
+    cmp -s "$copy.new" "$copy" 2>/dev/null && rm "$copy.new" || mv "$copy.new" "$copy"
+    echo "$copy"
+  else
+    echo "$src/$1"
+  fi
+}
+for s in $core_srcs $formats_srcs $wire_srcs; do compile "$(fixup "$s")" "$(objs "$s")"; done
 compile "$out/gen/axeq/v1/axeq.pb.cc" "$out/obj/axeq.pb.o"
 absl_libs="-labsl_status -labsl_statusor -labsl_strings -labsl_str_format_internal -labsl_cord -labsl_cordz_info -labsl_cord_internal -labsl_cordz_functions -labsl_cordz_handle -labsl_hash -labsl_raw_hash_set -labsl_synchronization -labsl_time -labsl_int128 -labsl_throw_delegate -labsl_raw_logging_internal -labsl_base -labsl_spinlock_wait -labsl_strings_internal -labsl_stacktrace -labsl_symbolize -labsl_bad_optional_access -labsl_bad_variant_access"
 link() {  # link NAME OBJS... LIBS

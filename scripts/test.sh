@@ -8,6 +8,23 @@ if [ "${AXEQ_TEST_ALL:-0}" = 1 ]; then
 else
   ctest --test-dir build --output-on-failure -j "$(nproc)" -LE slow
 fi
+# Opt-in (CI sets it): ASan + UBSan build of the core, formats, wire and server suites (the
+# `asan` preset), run directly with the preset's sanitizer settings; the cases that run real
+# engines for seconds (cancellation, drain, replicas, big layers) stay in the Release run.
+if [ "${AXEQ_TEST_ASAN:-0}" = 1 ]; then
+  cmake --preset asan >/dev/null
+  cmake --build build-asan -j "$(nproc)" --target core_test formats_test wire_test server_test axeq-server
+  export LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+  build-asan/core/core_test --gtest_brief=1 --gtest_filter='-*Big*:*Large*'
+  build-asan/formats/formats_test --gtest_brief=1
+  build-asan/proto/wire_test --gtest_brief=1
+  AXEQ_SERVER_BIN=build-asan/server/axeq-server GRPC_DNS_RESOLVER=native build-asan/tests/server_test --gtest_brief=1 \
+    --gtest_filter='-ServerCancel.*:ServerReplicas.Fetch*:ServerTls.*:ServerBinary.*'
+fi
+# Opt-in (CI sets it): libFuzzer targets (fuzz/run.sh) for AXEQ_FUZZ_SECONDS each.
+if [ "${AXEQ_TEST_FUZZ:-0}" = 1 ]; then
+  ./fuzz/run.sh
+fi
 # Opt-in: build the container image with podman and quantize a layer through it.
 if [ "${AXEQ_CONTAINER_TEST:-0}" = 1 ]; then
   ./deploy/build-image.sh localhost/axeq-server:test
