@@ -110,7 +110,9 @@ absl::StatusOr<std::shared_ptr<Job>> JobManager::Mirror(const std::string& princ
           if (!got_event) first->set_value(absl::OkStatus());
           got_event = true;
           if (e.has_progress()) {
-            job->state = e.progress().state();
+            // A terminal state is the mirror's only once the result parts are all in (below).
+            if (!Terminal(e.progress().state())) job->state = e.progress().state();
+            else if (job->state == v1::JOB_STATE_UNSPECIFIED) job->state = v1::JOB_STATE_RUNNING;
             job->bytes_received = e.progress().bytes_received();
             job->fraction = e.progress().fraction();
           }

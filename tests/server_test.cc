@@ -877,7 +877,8 @@ std::string StartBigJob(RemoteClient* client, std::thread* runner, absl::StatusC
   });
   for (int i = 0; i < 200; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    for (const auto& j : *client->List())
+    const auto list = client->List();  // named: a range-for over *temporary would dangle
+    for (const auto& j : *list)
       if (j.layer_name() == "big" && j.state() == v1::JOB_STATE_RUNNING) return j.job_id();
   }
   return "";
@@ -911,11 +912,12 @@ TEST(ServerCancel, CancelAnswersCancellingAndDeadlinesRecordDeadlineExceeded) {
   RemoteOptions ro;
   ro.address = "127.0.0.1:" + std::to_string((*srv)->port());
   ro.max_attempts = 1;
-  ro.deadline_seconds = 1.5;
+  ro.deadline_seconds = 3;  // the upload (48 MB) arrives first, then the job runs into the deadline
   EXPECT_EQ((*RemoteClient::Connect(ro))->Quantize(l).status().code(), absl::StatusCode::kDeadlineExceeded);
   std::string deadline_id;
-  for (int i = 0; i < 100 && deadline_id.empty(); ++i) {
-    for (const auto& j : *client->List())
+  for (int i = 0; i < 200 && deadline_id.empty(); ++i) {
+    const auto list = client->List();
+    for (const auto& j : *list)
       if (j.layer_name() == "deadline" && j.state() == v1::JOB_STATE_CANCELLED) deadline_id = j.job_id();
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
