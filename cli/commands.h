@@ -23,7 +23,8 @@ Command AddSimulate(CLI::App& app);
 Command AddSweep(CLI::App& app, const RemoteFlags& remote);
 Command AddLlama2cCapture(CLI::App& app);
 Command AddLlama2cEval(CLI::App& app);
-std::vector<Command> AddJobCommands(CLI::App& app, const RemoteFlags& remote);  // jobs, watch, fetch, cancel
+std::vector<Command> AddJobCommands(CLI::App& app,
+                                    const RemoteFlags& remote);  // jobs, watch, fetch, cancel
 
 }  // namespace axeq::cli
 

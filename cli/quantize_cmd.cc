@@ -16,7 +16,8 @@ namespace {
 
 struct QuantizeFlags {
   std::string model, calibration, out, algorithm = "optq", variant = "axe", alphabet = "narrow",
-                                       precision = "float32", optq_error = "original", act_range = "mse", layers;
+                                       precision = "float32", optq_error = "original",
+                                       act_range = "mse", layers;
   int weight_bits = 4, act_bits = 8, acc_bits = 32, tile = 0, group = 0, block = 128, threads = 0;
   bool no_axe = false, signed_inputs = false, json = false, quiet = false, no_act_order = false,
        no_bias_correction = false, twos = false, no_report = false;
@@ -24,38 +25,54 @@ struct QuantizeFlags {
 };
 
 void AddFlags(CLI::App* q, QuantizeFlags* f) {
-  q->add_option("--model", f->model, "LAYERS.safetensors: <layer>.weight [C, K] (+ <layer>.bias)")->required();
-  q->add_option("--calibration", f->calibration, "CAL.safetensors: <layer>.inputs [D, K] (+ <layer>.quant_inputs)")
+  q->add_option("--model", f->model, "LAYERS.safetensors: <layer>.weight [C, K] (+ <layer>.bias)")
+      ->required();
+  q->add_option("--calibration", f->calibration,
+                "CAL.safetensors: <layer>.inputs [D, K] (+ <layer>.quant_inputs)")
       ->required();
   q->add_option("--out", f->out, "RESULT.safetensors to write")->required();
   q->add_option("--weight-bits", f->weight_bits, "M, 2..8")->capture_default_str();
   q->add_option("--act-bits", f->act_bits, "N, 2..16")->capture_default_str();
-  q->add_option("--acc-bits", f->acc_bits, "P (P_I of each tile when --tile is set), 2..64")->capture_default_str();
-  q->add_option("--tile", f->tile, "T inputs per inner accumulator (original input order); 0 = monolithic")
+  q->add_option("--acc-bits", f->acc_bits, "P (P_I of each tile when --tile is set), 2..64")
+      ->capture_default_str();
+  q->add_option("--tile", f->tile,
+                "T inputs per inner accumulator (original input order); 0 = monolithic")
       ->capture_default_str();
   q->add_option("--algorithm", f->algorithm, "optq|gpfq")->capture_default_str();
   q->add_flag("--no-axe", f->no_axe, "run the base algorithm without accumulator constraints");
-  q->add_option("--variant", f->variant, "axe|rtn|rtz|hco|ep-init|naive (rtn = axe)")->capture_default_str();
-  q->add_option("--group-size", f->group, "per-group weight scales of G inputs; 0 = per channel")->capture_default_str();
-  q->add_option("--alphabet", f->alphabet, "narrow [-(2^(M-1)-1), 2^(M-1)-1] | full (adds -2^(M-1))")
+  q->add_option("--variant", f->variant, "axe|rtn|rtz|hco|ep-init|naive (rtn = axe)")
       ->capture_default_str();
-  q->add_flag("--signed-inputs", f->signed_inputs, "signed symmetric activations instead of unsigned with zero-point");
-  q->add_option("--act-range", f->act_range,
-                "mse|minmax|percentile: per-tensor activation range (mse: the clipping range with the least "
-                "input quantization error)")
+  q->add_option("--group-size", f->group, "per-group weight scales of G inputs; 0 = per channel")
       ->capture_default_str();
-  q->add_option("--act-percentile-low", f->pct_low, "low percentile (percentile, and mse's candidate)")->capture_default_str();
+  q->add_option("--alphabet", f->alphabet,
+                "narrow [-(2^(M-1)-1), 2^(M-1)-1] | full (adds -2^(M-1))")
+      ->capture_default_str();
+  q->add_flag("--signed-inputs", f->signed_inputs,
+              "signed symmetric activations instead of unsigned with zero-point");
+  q->add_option(
+       "--act-range", f->act_range,
+       "mse|minmax|percentile: per-tensor activation range (mse: the clipping range with the least "
+       "input quantization error)")
+      ->capture_default_str();
+  q->add_option("--act-percentile-low", f->pct_low,
+                "low percentile (percentile, and mse's candidate)")
+      ->capture_default_str();
   q->add_option("--act-percentile-high", f->pct_high, "high percentile")->capture_default_str();
-  q->add_flag("--twos-complement-acc", f->twos, "the accumulator may hold -2^(P-1) (default: symmetric range)");
-  q->add_option("--damping", f->damping, "OPTQ dampening as a fraction of mean diag(H)")->capture_default_str();
+  q->add_flag("--twos-complement-acc", f->twos,
+              "the accumulator may hold -2^(P-1) (default: symmetric range)");
+  q->add_option("--damping", f->damping, "OPTQ dampening as a fraction of mean diag(H)")
+      ->capture_default_str();
   q->add_option("--block-size", f->block, "lazy-batch block width")->capture_default_str();
   q->add_option("--precision", f->precision, "float32|float64")->capture_default_str();
-  q->add_option("--optq-error", f->optq_error, "original (Algorithm 2) | constrained (Brevitas)")->capture_default_str();
+  q->add_option("--optq-error", f->optq_error, "original (Algorithm 2) | constrained (Brevitas)")
+      ->capture_default_str();
   q->add_flag("--no-act-order", f->no_act_order, "quantize inputs in their original order");
   q->add_flag("--no-bias-correction", f->no_bias_correction, "keep biases as they are");
-  q->add_flag("--no-quality-report", f->no_report, "skip the relative errors (saves 2-4 GEMMs per layer)");
+  q->add_flag("--no-quality-report", f->no_report,
+              "skip the relative errors (saves 2-4 GEMMs per layer)");
   q->add_option("--layers", f->layers, "comma-separated layer names (default: all)");
-  q->add_option("--threads", f->threads, "worker threads (0 = hardware threads)")->capture_default_str();
+  q->add_option("--threads", f->threads, "worker threads (0 = hardware threads)")
+      ->capture_default_str();
   q->add_flag("--json", f->json, "print a machine-readable JSON report on stdout");
   q->add_flag("--quiet", f->quiet, "no progress bar");
 }
@@ -64,13 +81,16 @@ absl::StatusOr<JobOptions> ToJobOptions(const QuantizeFlags& f) {
   JobOptions jo;
   LayerOptions& lo = jo.layer;
   int alg, var, alpha, prec, form, range;
-  for (auto s : {ParseChoice(f.algorithm, {{"optq", 0}, {"gpfq", 1}}, "--algorithm", &alg),
-                 ParseChoice(f.variant, {{"axe", 0}, {"rtn", 0}, {"rtz", 1}, {"hco", 2}, {"ep-init", 3}, {"naive", 4}},
-                             "--variant", &var),
-                 ParseChoice(f.alphabet, {{"narrow", 0}, {"full", 1}}, "--alphabet", &alpha),
-                 ParseChoice(f.precision, {{"float32", 0}, {"float64", 1}}, "--precision", &prec),
-                 ParseChoice(f.optq_error, {{"original", 0}, {"constrained", 1}}, "--optq-error", &form),
-                 ParseChoice(f.act_range, {{"minmax", 0}, {"percentile", 1}, {"mse", 2}}, "--act-range", &range)})
+  for (auto s :
+       {ParseChoice(f.algorithm, {{"optq", 0}, {"gpfq", 1}}, "--algorithm", &alg),
+        ParseChoice(f.variant,
+                    {{"axe", 0}, {"rtn", 0}, {"rtz", 1}, {"hco", 2}, {"ep-init", 3}, {"naive", 4}},
+                    "--variant", &var),
+        ParseChoice(f.alphabet, {{"narrow", 0}, {"full", 1}}, "--alphabet", &alpha),
+        ParseChoice(f.precision, {{"float32", 0}, {"float64", 1}}, "--precision", &prec),
+        ParseChoice(f.optq_error, {{"original", 0}, {"constrained", 1}}, "--optq-error", &form),
+        ParseChoice(f.act_range, {{"minmax", 0}, {"percentile", 1}, {"mse", 2}}, "--act-range",
+                    &range)})
     if (!s.ok()) return s;
   lo.algorithm = alg ? Algorithm::kGpfq : Algorithm::kOptq;
   lo.method = var == 3 ? Method::kEpInit : var == 4 ? Method::kNaive : Method::kAxe;
@@ -114,7 +134,8 @@ bool VerifyLocally(const std::vector<QuantizedLayer>& layers, const LayerOptions
     const Verification v = VerifyCertificate(l.codes, l.certificate, expect);
     if (!v.consistent || !v.as_expected) {
       all = false;
-      std::fprintf(stderr, "axeq: layer %s: the certificate does not verify locally:\n", l.name.c_str());
+      std::fprintf(stderr, "axeq: layer %s: the certificate does not verify locally:\n",
+                   l.name.c_str());
       for (const auto& p : v.problems) std::fprintf(stderr, "    %s\n", p.c_str());
     }
   }
@@ -135,16 +156,19 @@ int Run(const QuantizeFlags& f, const RemoteFlags& remote) {
     if (!client.ok()) return Fail(client.status());
     engine = MakeRemoteEngine(std::move(client).value(), remote.concurrency);
   }
-  auto layers = RunQuantizeJob(*model, *cal, *jo,
-                               [&](int l, int n, const std::string& name, double x) { bar.Update(l, n, name, x); },
-                               engine.get());
+  auto layers = RunQuantizeJob(
+      *model, *cal, *jo,
+      [&](int l, int n, const std::string& name, double x) { bar.Update(l, n, name, x); },
+      engine.get());
   if (!layers.ok()) return Fail(layers.status());
   if (auto s = WriteResultFile(f.out, *layers); !s.ok()) return Fail(s);
   const bool consistent = VerifyLocally(*layers, jo->layer);
   bool all_safe = true;
   for (const auto& l : *layers) all_safe = all_safe && l.certificate.safe;
   if (f.json) {
-    nlohmann::json j = {{"result", f.out}, {"all_certified", all_safe}, {"verified_locally", consistent},
+    nlohmann::json j = {{"result", f.out},
+                        {"all_certified", all_safe},
+                        {"verified_locally", consistent},
                         {"layers", nlohmann::json::array()}};
     for (const auto& l : *layers) {
       nlohmann::json r = LayerReportToJson(l);
@@ -155,9 +179,11 @@ int Run(const QuantizeFlags& f, const RemoteFlags& remote) {
     std::cout << j.dump(2) << std::endl;
   } else {
     PrintLayerTable(*layers);
-    std::printf("wrote %s: %zu layers; certificates re-checked here: %s; %s\n", f.out.c_str(), layers->size(),
-                consistent ? "consistent" : "NOT CONSISTENT",
-                all_safe ? "all SAFE" : "some UNSAFE (the codes exceed the target accumulator; expected for --no-axe)");
+    std::printf(
+        "wrote %s: %zu layers; certificates re-checked here: %s; %s\n", f.out.c_str(),
+        layers->size(), consistent ? "consistent" : "NOT CONSISTENT",
+        all_safe ? "all SAFE"
+                 : "some UNSAFE (the codes exceed the target accumulator; expected for --no-axe)");
   }
   return consistent ? kExitOk : kExitFailed;
 }

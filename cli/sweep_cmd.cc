@@ -14,7 +14,8 @@ namespace {
 
 struct SweepFlags {
   std::string model, cal, p = "16,18,20,24,32", m = "3-8", n = "3-8", methods = "axe,naive,ep-init",
-                          algorithm = "optq", cache = ".axeq-sweep-cache", out = "sweep", eval, layers;
+                          algorithm = "optq", cache = ".axeq-sweep-cache", out = "sweep", eval,
+                          layers;
   int tile = 0;
   bool any_n = false, signed_inputs = false;
 };
@@ -27,10 +28,12 @@ absl::Status ParseList(const std::string& text, std::vector<int>* out) {
     int a, b;
     if (r.size() == 1 && absl::SimpleAtoi(r[0], &a)) {
       out->push_back(a);
-    } else if (r.size() == 2 && absl::SimpleAtoi(r[0], &a) && absl::SimpleAtoi(r[1], &b) && a <= b && b - a < 64) {
+    } else if (r.size() == 2 && absl::SimpleAtoi(r[0], &a) && absl::SimpleAtoi(r[1], &b) &&
+               a <= b && b - a < 64) {
       for (int v = a; v <= b; ++v) out->push_back(v);
     } else {
-      return absl::InvalidArgumentError(absl::StrCat("cannot parse '", std::string(part), "' as a number or range"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot parse '", std::string(part), "' as a number or range"));
     }
   }
   if (out->empty()) return absl::InvalidArgumentError(absl::StrCat("empty list '", text, "'"));
@@ -39,10 +42,12 @@ absl::Status ParseList(const std::string& text, std::vector<int>* out) {
 
 int Run(const SweepFlags& f, const RemoteFlags& remote) {
   SweepOptions so;
-  for (auto st : {ParseList(f.p, &so.accumulator_bits), ParseList(f.m, &so.weight_bits), ParseList(f.n, &so.input_bits)})
+  for (auto st : {ParseList(f.p, &so.accumulator_bits), ParseList(f.m, &so.weight_bits),
+                  ParseList(f.n, &so.input_bits)})
     if (!st.ok()) return Fail(st);
   int alg;
-  if (auto s = ParseChoice(f.algorithm, {{"optq", 0}, {"gpfq", 1}}, "--algorithm", &alg); !s.ok()) return Fail(s);
+  if (auto s = ParseChoice(f.algorithm, {{"optq", 0}, {"gpfq", 1}}, "--algorithm", &alg); !s.ok())
+    return Fail(s);
   so.methods = absl::StrSplit(f.methods, ',', absl::SkipEmpty());
   so.allow_inputs_below_weights = f.any_n;
   so.job.layer.algorithm = alg ? Algorithm::kGpfq : Algorithm::kOptq;
@@ -58,19 +63,24 @@ int Run(const SweepFlags& f, const RemoteFlags& remote) {
     engine = MakeRemoteEngine(std::move(client).value(), remote.concurrency);
   }
   const bool tty = isatty(2);
-  auto r = RunSweep(f.model, f.cal, so, engine.get(), [&](int done, int total, const std::string& what) {
-    if (tty) std::fprintf(stderr, "\r[%d/%d] %-40s", done, total, what.c_str());
-    else if (done < total) std::fprintf(stderr, "[%d/%d] %s\n", done + 1, total, what.c_str());
-    if (tty && done == total) std::fprintf(stderr, "\n");
-  });
+  auto r =
+      RunSweep(f.model, f.cal, so, engine.get(), [&](int done, int total, const std::string& what) {
+        if (tty)
+          std::fprintf(stderr, "\r[%d/%d] %-40s", done, total, what.c_str());
+        else if (done < total)
+          std::fprintf(stderr, "[%d/%d] %s\n", done + 1, total, what.c_str());
+        if (tty && done == total) std::fprintf(stderr, "\n");
+      });
   if (!r.ok()) return Fail(r.status());
   int cached = 0;
   for (const auto& pt : r->points) cached += pt.cached;
   std::printf("%s", FrontierTable(*r, so).c_str());
   if (auto st = WriteSweepOutputs(*r, so, f.out); !st.ok()) return Fail(st);
-  std::printf("%zu points (%d from the cache %s); wrote %s/{sweep.json,sweep.csv,pareto.svg,accumulator_bits.svg} "
-              "(+ .png with rsvg-convert)\n",
-              r->points.size(), cached, f.cache.c_str(), f.out.c_str());
+  std::printf(
+      "%zu points (%d from the cache %s); wrote "
+      "%s/{sweep.json,sweep.csv,pareto.svg,accumulator_bits.svg} "
+      "(+ .png with rsvg-convert)\n",
+      r->points.size(), cached, f.cache.c_str(), f.out.c_str());
   return kExitOk;
 }
 
@@ -78,10 +88,12 @@ int Run(const SweepFlags& f, const RemoteFlags& remote) {
 
 Command AddSweep(CLI::App& app, const RemoteFlags& remote) {
   auto f = std::make_shared<SweepFlags>();
-  CLI::App* sw = app.add_subcommand("sweep", "Sweep accumulator widths and bit widths; report the Pareto frontier and plots");
+  CLI::App* sw = app.add_subcommand(
+      "sweep", "Sweep accumulator widths and bit widths; report the Pareto frontier and plots");
   sw->add_option("--model", f->model, "LAYERS.safetensors")->required();
   sw->add_option("--calibration", f->cal, "CAL.safetensors")->required();
-  sw->add_option("--acc-bits", f->p, "target P values: list or range, e.g. 16-24,32")->capture_default_str();
+  sw->add_option("--acc-bits", f->p, "target P values: list or range, e.g. 16-24,32")
+      ->capture_default_str();
   sw->add_option("--weight-bits", f->m, "M values")->capture_default_str();
   sw->add_option("--act-bits", f->n, "N values")->capture_default_str();
   sw->add_flag("--allow-act-below-weight", f->any_n, "also try N < M (the paper uses N >= M)");
@@ -90,9 +102,11 @@ Command AddSweep(CLI::App& app, const RemoteFlags& remote) {
   sw->add_option("--tile", f->tile, "T (0 = monolithic)")->capture_default_str();
   sw->add_flag("--signed-inputs", f->signed_inputs, "signed activations");
   sw->add_option("--cache", f->cache, "cache of finished points (resume)")->capture_default_str();
-  sw->add_option("--out-dir", f->out, "sweep.json, sweep.csv, pareto.svg, accumulator_bits.svg")->capture_default_str();
-  sw->add_option("--eval-command", f->eval,
-                 "model metric per point, e.g. \"axeq llama2c-eval --checkpoint m.bin --result {result}\"");
+  sw->add_option("--out-dir", f->out, "sweep.json, sweep.csv, pareto.svg, accumulator_bits.svg")
+      ->capture_default_str();
+  sw->add_option(
+      "--eval-command", f->eval,
+      "model metric per point, e.g. \"axeq llama2c-eval --checkpoint m.bin --result {result}\"");
   sw->add_option("--layers", f->layers, "comma-separated layer names (default: all)");
   return {sw, [f, &remote] { return Run(*f, remote); }};
 }

@@ -34,7 +34,8 @@ int Run(const VerifyFlags& f) {
   auto file = ReadSafetensors(f.path);
   if (!file.ok()) return Fail(file.status());
   auto entries = DecodeResultEntries(*file);
-  if (!entries.ok()) return Fail(absl::InvalidArgumentError(absl::StrCat(f.path, ": ", entries.status().message())));
+  if (!entries.ok())
+    return Fail(absl::InvalidArgumentError(absl::StrCat(f.path, ": ", entries.status().message())));
   const VerifyExpectations expect = Expectations(f);
   bool all = true;
   nlohmann::json j = nlohmann::json::array();
@@ -48,15 +49,23 @@ int Run(const VerifyFlags& f) {
     all = all && v.ok();
     const Certificate* c = e.layer.ok() ? &e.layer->certificate : nullptr;
     if (f.json) {
-      j.push_back({{"layer", e.name}, {"consistent", v.consistent}, {"safe", v.safe},
-                   {"as_expected", v.as_expected}, {"verified", v.ok()}, {"problems", v.problems}});
+      j.push_back({{"layer", e.name},
+                   {"consistent", v.consistent},
+                   {"safe", v.safe},
+                   {"as_expected", v.as_expected},
+                   {"verified", v.ok()},
+                   {"problems", v.problems}});
       continue;
     }
-    std::printf("%-32s %-12s %-7s %s", e.name.c_str(), !e.layer.ok() ? "MALFORMED" : v.consistent ? "CONSISTENT" : "TAMPERED",
+    std::printf("%-32s %-12s %-7s %s", e.name.c_str(),
+                !e.layer.ok()  ? "MALFORMED"
+                : v.consistent ? "CONSISTENT"
+                               : "TAMPERED",
                 v.safe ? "SAFE" : "UNSAFE", !v.as_expected ? "NOT-AS-PINNED " : "");
     if (c)
-      std::printf("P=%d T=%lld N=%d%s M=%d minP=%d minPO=%d", c->accumulator.bits, static_cast<long long>(c->tile_size()),
-                  c->input.bits, c->input.is_signed ? "s" : "u", c->weight_bits, c->min_accumulator_bits,
+      std::printf("P=%d T=%lld N=%d%s M=%d minP=%d minPO=%d", c->accumulator.bits,
+                  static_cast<long long>(c->tile_size()), c->input.bits,
+                  c->input.is_signed ? "s" : "u", c->weight_bits, c->min_accumulator_bits,
                   c->min_outer_accumulator_bits);
     std::printf("\n");
     for (const auto& p : v.problems) std::printf("    %s\n", p.c_str());
@@ -64,7 +73,8 @@ int Run(const VerifyFlags& f) {
   if (f.json)
     std::cout << j.dump(2) << std::endl;
   else
-    std::printf("%s: %zu layers, %s\n", f.path.c_str(), entries->size(), all ? "all verified SAFE" : "NOT all verified safe");
+    std::printf("%s: %zu layers, %s\n", f.path.c_str(), entries->size(),
+                all ? "all verified SAFE" : "NOT all verified safe");
   return all ? kExitOk : kExitFailed;
 }
 
@@ -72,15 +82,18 @@ int Run(const VerifyFlags& f) {
 
 Command AddVerify(CLI::App& app) {
   auto f = std::make_shared<VerifyFlags>();
-  CLI::App* v = app.add_subcommand(
-      "verify", "Re-check every layer's certificate from the codes alone (exit 0 verified, 1 fails, 2 unreadable)");
+  CLI::App* v = app.add_subcommand("verify",
+                                   "Re-check every layer's certificate from the codes alone (exit "
+                                   "0 verified, 1 fails, 2 unreadable)");
   v->add_option("result", f->path, "RESULT.safetensors")->required();
-  v->add_option("--acc-bits", f->acc_bits, "the hardware's P (P_I per tile): certificates must be for it");
+  v->add_option("--acc-bits", f->acc_bits,
+                "the hardware's P (P_I per tile): certificates must be for it");
   v->add_option("--tile", f->tile, "the hardware's T (0 = monolithic)");
   v->add_option("--act-bits", f->act_bits, "the hardware's input bits N");
   v->add_option("--weight-bits", f->weight_bits, "the weight bits M");
   auto* s = v->add_flag("--signed-inputs", f->signed_inputs, "the hardware's inputs are signed");
-  v->add_flag("--unsigned-inputs", f->unsigned_inputs, "the hardware's inputs are unsigned")->excludes(s);
+  v->add_flag("--unsigned-inputs", f->unsigned_inputs, "the hardware's inputs are unsigned")
+      ->excludes(s);
   v->add_flag("--json", f->json, "JSON output");
   return {v, [f] { return Run(*f); }};
 }

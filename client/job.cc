@@ -7,9 +7,9 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "client/remote.h"
 #include "core/status_macros.h"
 #include "core/thread_pool.h"
-#include "client/remote.h"
 
 namespace axeq {
 namespace {
@@ -29,10 +29,14 @@ namespace {
 class EmbeddedEngine : public Engine {
  public:
   explicit EmbeddedEngine(int threads) : pool_(threads) {}
-  absl::StatusOr<QuantizedLayer> Run(const LayerTask& t, const std::function<void(double, const std::string&)>& progress) override {
+  absl::StatusOr<QuantizedLayer> Run(
+      const LayerTask& t,
+      const std::function<void(double, const std::string&)>& progress) override {
     const auto t0 = std::chrono::steady_clock::now();
     RunContext ctx;
-    ctx.parallel_for = [this](int64_t n, const std::function<void(int64_t)>& fn) { pool_.ParallelFor(n, fn); };
+    ctx.parallel_for = [this](int64_t n, const std::function<void(int64_t)>& fn) {
+      pool_.ParallelFor(n, fn);
+    };
     StatsAccumulator acc(t.weights.cols(), /*keep_cross=*/true, /*keep_xx=*/true, ctx);
     AXEQ_RETURN_IF_ERROR(acc.Add(t.x, t.xq));
     LayerStats stats;
@@ -41,7 +45,8 @@ class EmbeddedEngine : public Engine {
       if (progress) progress(static_cast<double>(done) / total, "");
     };
     QuantizedLayer o;
-    AXEQ_ASSIGN_OR_RETURN(o, QuantizeLayer(t.weights, t.bias ? &*t.bias : nullptr, stats, t.options, ctx));
+    AXEQ_ASSIGN_OR_RETURN(
+        o, QuantizeLayer(t.weights, t.bias ? &*t.bias : nullptr, stats, t.options, ctx));
     o.name = t.name;
     o.activations = t.activations;
     o.run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -57,7 +62,9 @@ class RemoteEngine : public Engine {
   RemoteEngine(std::unique_ptr<RemoteClient> client, int concurrency)
       : client_(std::move(client)), concurrency_(std::max(1, concurrency)) {}
   int concurrency() const override { return concurrency_; }
-  absl::StatusOr<QuantizedLayer> Run(const LayerTask& t, const std::function<void(double, const std::string&)>& progress) override {
+  absl::StatusOr<QuantizedLayer> Run(
+      const LayerTask& t,
+      const std::function<void(double, const std::string&)>& progress) override {
     RemoteLayer l{t.name, t.weights};
     l.bias = t.bias ? &*t.bias : nullptr;
     l.x = &t.x;
@@ -89,7 +96,8 @@ class RemoteEngine : public Engine {
 }  // namespace
 
 std::unique_ptr<Engine> MakeEmbeddedEngine(int threads) {
-  return std::make_unique<EmbeddedEngine>(threads > 0 ? threads : std::max(1u, std::thread::hardware_concurrency()));
+  return std::make_unique<EmbeddedEngine>(
+      threads > 0 ? threads : std::max(1u, std::thread::hardware_concurrency()));
 }
 
 std::unique_ptr<Engine> MakeRemoteEngine(std::unique_ptr<RemoteClient> client, int concurrency) {
@@ -97,9 +105,10 @@ std::unique_ptr<Engine> MakeRemoteEngine(std::unique_ptr<RemoteClient> client, i
 }
 
 absl::StatusOr<std::vector<QuantizedLayer>> RunQuantizeJob(const SafetensorsFile& model,
-                                                         const SafetensorsFile& calibration,
-                                                         const JobOptions& options,
-                                                         const JobProgress& progress, Engine* engine) {
+                                                           const SafetensorsFile& calibration,
+                                                           const JobOptions& options,
+                                                           const JobProgress& progress,
+                                                           Engine* engine) {
   AXEQ_RETURN_IF_ERROR(options.layer.Validate());
   std::vector<std::string> names = options.layers;
   if (names.empty()) {
@@ -107,7 +116,8 @@ absl::StatusOr<std::vector<QuantizedLayer>> RunQuantizeJob(const SafetensorsFile
       if (absl::EndsWith(key, kWeightSuffix) && t.shape.size() == 2)
         names.push_back(key.substr(0, key.size() - (sizeof(kWeightSuffix) - 1)));
   }
-  if (names.empty()) return absl::InvalidArgumentError("the model file holds no 2-D <layer>.weight tensors");
+  if (names.empty())
+    return absl::InvalidArgumentError("the model file holds no 2-D <layer>.weight tensors");
   std::unique_ptr<Engine> own;
   if (!engine) {
     own = MakeEmbeddedEngine(options.threads);
@@ -122,7 +132,8 @@ absl::StatusOr<std::vector<QuantizedLayer>> RunQuantizeJob(const SafetensorsFile
     AXEQ_ASSIGN_OR_RETURN(t.weights, Get(model, name + ".weight", "model"));
     AXEQ_ASSIGN_OR_RETURN(t.x, Get(calibration, name + ".inputs", "calibration"));
     if (t.x.cols() != t.weights.cols())
-      return absl::InvalidArgumentError(absl::StrCat(name, ".inputs has ", t.x.cols(), " columns but ", name,
+      return absl::InvalidArgumentError(absl::StrCat(name, ".inputs has ", t.x.cols(),
+                                                     " columns but ", name,
                                                      ".weight has K = ", t.weights.cols()));
     if (model.tensors.count(name + ".bias")) {
       MatrixXf b;
@@ -130,12 +141,14 @@ absl::StatusOr<std::vector<QuantizedLayer>> RunQuantizeJob(const SafetensorsFile
       t.bias = Eigen::VectorXf(b.row(0).transpose());
     }
     AXEQ_ASSIGN_OR_RETURN(t.options, ResolveOptions(options.layer, t.weights.cols()));
-    const bool has_xq = calibration.tensors.count(name + ".quant_inputs") && t.options.inputs.bits == options.layer.inputs.bits;
+    const bool has_xq = calibration.tensors.count(name + ".quant_inputs") &&
+                        t.options.inputs.bits == options.layer.inputs.bits;
     if (has_xq) {
       AXEQ_ASSIGN_OR_RETURN(t.xq, Get(calibration, name + ".quant_inputs", "calibration"));
-      AXEQ_ASSIGN_OR_RETURN(t.activations, CalibrateActivations(t.xq, t.options.inputs, {}));
+      AXEQ_ASSIGN_OR_RETURN(t.activations, CalibrateActivations(t.xq, t.options.inputs, ActivationRange::kMinMax));
     } else {
-      AXEQ_ASSIGN_OR_RETURN(t.activations, CalibrateActivations(t.x, t.options.inputs, options.activation_calibration));
+      AXEQ_ASSIGN_OR_RETURN(t.activations, CalibrateActivations(t.x, t.options.inputs,
+                                                                options.activation_calibration));
       t.xq = t.activations.Apply(t.x);
     }
   }
@@ -146,7 +159,8 @@ absl::StatusOr<std::vector<QuantizedLayer>> RunQuantizeJob(const SafetensorsFile
     for (size_t li; !failed && (li = next.fetch_add(1)) < tasks.size();) {
       auto cb = [&, li](double f, const std::string& phase) {
         if (progress)
-          progress(static_cast<int>(li), static_cast<int>(tasks.size()), phase.empty() ? names[li] : absl::StrCat(names[li], " (", phase, ")"),
+          progress(static_cast<int>(li), static_cast<int>(tasks.size()),
+                   phase.empty() ? names[li] : absl::StrCat(names[li], " (", phase, ")"),
                    std::min(f, 0.999));
       };
       results[li] = engine->Run(tasks[li], cb);
@@ -166,7 +180,8 @@ absl::StatusOr<std::vector<QuantizedLayer>> RunQuantizeJob(const SafetensorsFile
   for (size_t li = 0; li < tasks.size(); ++li) {
     if (!results[li].ok()) {
       if (results[li].status().message() == "not run") continue;
-      return absl::Status(results[li].status().code(), absl::StrCat("layer ", names[li], ": ", results[li].status().message()));
+      return absl::Status(results[li].status().code(),
+                          absl::StrCat("layer ", names[li], ": ", results[li].status().message()));
     }
     out.push_back(std::move(results[li]).value());
   }

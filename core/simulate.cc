@@ -77,7 +77,7 @@ void Account(int64_t got, int64_t want, int64_t events_before, int64_t events_af
 // Runs channel r against every input row (own_rows = false), or only against rows 2r and 2r + 1
 // (own_rows = true: the per-channel worst cases of WorstCaseInputs).
 absl::StatusOr<SimulationStats> Run(const Eigen::Ref<const MatrixXi8>& codes, const MatrixXi32& x,
-                                    const DatapathSpec& spec, bool own_rows) {
+                                    const DatapathSpec& spec, bool own_rows, MatrixXi64* outputs = nullptr) {
   if (auto st = Check(codes, x.cols(), spec); !st.ok()) return st;
   const int64_t c = codes.rows(), k = codes.cols();
   const int64_t t = spec.accumulator.EffectiveTile(k);
@@ -91,7 +91,9 @@ absl::StatusOr<SimulationStats> Run(const Eigen::Ref<const MatrixXi8>& codes, co
     const int64_t before = s.overflow_events;
     const int64_t got = Dot(q.row(r).data(), x.row(d).data(), k, t, inner, outer, &s.overflow_events, &wide);
     Account(got, wide, before, s.overflow_events, &s, &err2, &ref2);
+    if (outputs) (*outputs)(d, r) = got;
   };
+  if (outputs) outputs->resize(x.rows(), c);
   if (own_rows) {
     for (int64_t r = 0; r < c; ++r) one(r, 2 * r), one(r, 2 * r + 1);
   } else {
@@ -108,6 +110,16 @@ absl::StatusOr<SimulationStats> SimulateDatapath(const Eigen::Ref<const MatrixXi
                                                  const Eigen::Ref<const MatrixXi32>& inputs,
                                                  const DatapathSpec& spec) {
   return Run(codes, inputs, spec, /*own_rows=*/false);
+}
+
+absl::StatusOr<DatapathOutputs> RunDatapath(const Eigen::Ref<const MatrixXi8>& codes,
+                                            const Eigen::Ref<const MatrixXi32>& inputs,
+                                            const DatapathSpec& spec) {
+  DatapathOutputs out;
+  auto s = Run(codes, inputs, spec, /*own_rows=*/false, &out.outputs);
+  if (!s.ok()) return s.status();
+  out.stats = *s;
+  return out;
 }
 
 MatrixXi32 WorstCaseInputs(const Eigen::Ref<const MatrixXi8>& codes, const InputSpec& inputs) {

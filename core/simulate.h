@@ -42,6 +42,18 @@ absl::StatusOr<SimulationStats> SimulateDatapath(const Eigen::Ref<const MatrixXi
                                                  const Eigen::Ref<const MatrixXi32>& inputs,
                                                  const DatapathSpec& spec);
 
+using MatrixXi64 = Eigen::Matrix<int64_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// What the datapath outputs: the register value of every dot product [D, C] (wrapped or
+// saturated exactly as the hardware would), and the overflow statistics of SimulateDatapath.
+struct DatapathOutputs {
+  MatrixXi64 outputs;
+  SimulationStats stats;
+};
+absl::StatusOr<DatapathOutputs> RunDatapath(const Eigen::Ref<const MatrixXi8>& codes,
+                                            const Eigen::Ref<const MatrixXi32>& inputs,
+                                            const DatapathSpec& spec);
+
 // The worst-case inputs of Eq. 6 for every channel: rows 2c and 2c+1 are the maximising and the
 // minimising input vector of channel c, for input codes in [mu, nu]. [2C, K].
 MatrixXi32 WorstCaseInputs(const Eigen::Ref<const MatrixXi8>& codes, const InputSpec& inputs);

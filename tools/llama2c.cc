@@ -30,8 +30,8 @@ absl::StatusOr<Llama2cModel> LoadLlama2c(const std::string& path) {
   auto& c = m.config;
   c = {h[0], h[1], h[2], h[3], h[4], std::abs(h[5]), h[6]};
   if (c.dim <= 0 || c.dim > 16384 || c.hidden_dim <= 0 || c.n_layers <= 0 || c.n_layers > 256 ||
-      c.n_heads <= 0 || c.n_kv_heads <= 0 || c.n_heads % c.n_kv_heads != 0 || c.dim % c.n_heads != 0 ||
-      c.vocab_size <= 0 || c.seq_len <= 0)
+      c.n_heads <= 0 || c.n_kv_heads <= 0 || c.n_heads % c.n_kv_heads != 0 ||
+      c.dim % c.n_heads != 0 || c.vocab_size <= 0 || c.seq_len <= 0)
     return absl::InvalidArgumentError(absl::StrCat(path, ": implausible llama2.c header"));
   const int hs = c.dim / c.n_heads, kv_dim = hs * c.n_kv_heads;
   bool ok = true;
@@ -46,7 +46,8 @@ absl::StatusOr<Llama2cModel> LoadLlama2c(const std::string& path) {
     for (int l = 0; l < c.n_layers; ++l) out->push_back(t.row(l).transpose());
   };
   auto mats = [&](const char* name, int rows, int cols) {
-    for (int l = 0; l < c.n_layers; ++l) m.linears[absl::StrCat("layers.", l, ".", name)] = read(rows, cols);
+    for (int l = 0; l < c.n_layers; ++l)
+      m.linears[absl::StrCat("layers.", l, ".", name)] = read(rows, cols);
   };
   vecs(&m.rms_att);
   mats("attention.wq", c.dim, c.dim);
@@ -84,6 +85,21 @@ void Rope(MatrixXf* x, int head_size) {
     }
 }
 
+// y = s_x * s_c * (acc - zp * sum_i q_ci) with acc the register's value of sum_i q_ci x_i.
+MatrixXf IntegerForward(const IntegerLinear& l, const ActivationQuantizer& act, const MatrixXf& in) {
+  auto run = RunDatapath(l.codes, InputCodes(in, act), l.datapath);
+  if (!run.ok()) return MatrixXf::Constant(in.rows(), l.codes.rows(), NAN);  // specs were checked at load
+  l.dot_products += run->stats.dot_products;
+  l.overflowing += run->stats.overflowing_dot_products;
+  const Eigen::VectorXd row_sums = l.codes.cast<double>().rowwise().sum();
+  MatrixXf y(in.rows(), l.codes.rows());
+  for (int64_t d = 0; d < y.rows(); ++d)
+    for (int64_t c = 0; c < y.cols(); ++c)
+      y(d, c) = static_cast<float>(static_cast<double>(act.scale) * l.scales[c] *
+                                   (static_cast<double>(run->outputs(d, c)) - act.zero_point * row_sums[c]));
+  return y;
+}
+
 }  // namespace
 
 MatrixXf Llama2cForward(const Llama2cModel& m, const std::vector<int>& tokens,
@@ -99,8 +115,14 @@ MatrixXf Llama2cForward(const Llama2cModel& m, const std::vector<int>& tokens,
     if (quantized) {
       auto it = quantized->find(name);
       if (it != quantized->end()) {
-        const MatrixXf xin = it->second.input ? it->second.input->Apply(in) : in;
-        MatrixXf y = xin * it->second.weight.transpose();
+        const QuantizedLinear& ql = it->second;
+        MatrixXf y;
+        if (ql.integer && ql.input) {
+          y = IntegerForward(*ql.integer, *ql.input, in);
+        } else {
+          const MatrixXf xin = ql.input ? ql.input->Apply(in) : in;
+          y = xin * ql.weight.transpose();
+        }
         if (it->second.bias) y.rowwise() += it->second.bias->transpose();
         return y;
       }
@@ -117,7 +139,8 @@ MatrixXf Llama2cForward(const Llama2cModel& m, const std::vector<int>& tokens,
     MatrixXf att_out(t_len, c.dim);
     for (int h = 0; h < c.n_heads; ++h) {
       const int kvh = h / group;
-      MatrixXf s = q.middleCols(h * hs, hs) * k.middleCols(kvh * hs, hs).transpose() / std::sqrt(float(hs));
+      MatrixXf s =
+          q.middleCols(h * hs, hs) * k.middleCols(kvh * hs, hs).transpose() / std::sqrt(float(hs));
       for (int64_t i = 0; i < t_len; ++i) {
         const float mx = s.row(i).head(i + 1).maxCoeff();
         float sum = 0;
@@ -192,8 +215,8 @@ absl::StatusOr<std::vector<std::string>> LoadLlama2cVocab(const std::string& pat
   for (int i = 0; i < vocab_size; ++i) {
     float score;
     int32_t len;
-    if (!in.read(reinterpret_cast<char*>(&score), 4) || !in.read(reinterpret_cast<char*>(&len), 4) ||
-        len < 0 || len > 4096)
+    if (!in.read(reinterpret_cast<char*>(&score), 4) ||
+        !in.read(reinterpret_cast<char*>(&len), 4) || len < 0 || len > 4096)
       return absl::InvalidArgumentError(absl::StrCat(path, ": malformed at token ", i));
     vocab[i].resize(len);
     in.read(vocab[i].data(), len);
@@ -209,7 +232,8 @@ std::string DecodeTokens(const std::vector<std::string>& vocab, const std::vecto
     std::string piece = vocab[t];
     if (i > 0 && tokens[i - 1] == 1 && !piece.empty() && piece[0] == ' ') piece.erase(0, 1);
     unsigned byte;
-    if (std::sscanf(piece.c_str(), "<0x%02X>", &byte) == 1) piece = std::string(1, static_cast<char>(byte));
+    if (std::sscanf(piece.c_str(), "<0x%02X>", &byte) == 1)
+      piece = std::string(1, static_cast<char>(byte));
     out += piece;
   }
   return out;

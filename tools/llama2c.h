@@ -15,11 +15,14 @@
 
 #include "absl/status/statusor.h"
 #include "core/quantizer.h"
+#include "core/simulate.h"
+#include "core/simulate.h"
 
 namespace axeq {
 
 struct Llama2cConfig {
-  int dim = 0, hidden_dim = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, vocab_size = 0, seq_len = 0;
+  int dim = 0, hidden_dim = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, vocab_size = 0,
+      seq_len = 0;
 };
 
 struct Llama2cModel {
@@ -35,18 +38,30 @@ struct Llama2cModel {
 
 absl::StatusOr<Llama2cModel> LoadLlama2c(const std::string& path);
 
+// An integer datapath for a quantized linear: input codes, the P-bit register (wrapping or
+// saturating, tiled with an outer register) over the int8 codes, then the zero-point correction,
+// the per-output-channel scales and the bias in float. Overflows are counted across forwards.
+struct IntegerLinear {
+  MatrixXi8 codes;         // [out, in]
+  Eigen::VectorXf scales;  // [out]
+  DatapathSpec datapath;
+  mutable int64_t dot_products = 0, overflowing = 0;
+};
+
 // Per-layer replacement used for evaluating a quantized model.
 struct QuantizedLinear {
-  MatrixXf weight;                          // dequantized [out, in]
-  std::optional<ActivationQuantizer> input; // applied to the layer's inputs
+  MatrixXf weight;                           // dequantized [out, in] (fake mode)
+  std::optional<ActivationQuantizer> input;  // applied to the layer's inputs
   std::optional<Eigen::VectorXf> bias;
+  std::optional<IntegerLinear> integer;      // set: the integer datapath replaces `weight`
 };
 
 // Runs tokens (one sequence, length <= seq_len); returns logits [T, vocab]. capture(name, X)
 // receives each linear layer's float inputs [T, in]. Layers in `quantized` are replaced.
-MatrixXf Llama2cForward(const Llama2cModel& model, const std::vector<int>& tokens,
-                        const std::map<std::string, QuantizedLinear>* quantized = nullptr,
-                        const std::function<void(const std::string&, const MatrixXf&)>& capture = {});
+MatrixXf Llama2cForward(
+    const Llama2cModel& model, const std::vector<int>& tokens,
+    const std::map<std::string, QuantizedLinear>* quantized = nullptr,
+    const std::function<void(const std::string&, const MatrixXf&)>& capture = {});
 
 // Returns the mean negative log-likelihood per predicted token over the sequences.
 double MeanNll(const Llama2cModel& model, const std::vector<std::vector<int>>& seqs,

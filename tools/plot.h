@@ -17,8 +17,8 @@ struct Series {
 };
 
 // Returns an SVG line chart. log_y plots y on a log10 axis (y must be > 0).
-std::string LineChartSvg(const std::string& title, const std::string& x_label, const std::string& y_label,
-                         const std::vector<Series>& series, bool log_y);
+std::string LineChartSvg(const std::string& title, const std::string& x_label,
+                         const std::string& y_label, const std::vector<Series>& series, bool log_y);
 
 struct HistogramPanel {
   std::string title;
@@ -28,8 +28,8 @@ struct HistogramPanel {
 };
 
 // Returns an SVG grid of small histograms (shared x range); `caption` explains the colours.
-std::string HistogramGridSvg(const std::string& title, const std::vector<HistogramPanel>& panels, int columns,
-                             const std::string& caption);
+std::string HistogramGridSvg(const std::string& title, const std::vector<HistogramPanel>& panels,
+                             int columns, const std::string& caption);
 
 }  // namespace axeq
 
