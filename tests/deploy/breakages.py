@@ -5,6 +5,7 @@ import re
 
 from checks import (check_dockerfile, check_flags, check_images_and_tls, check_network_policy, check_probes, check_resources,
                     check_security, check_topology, of_kind)
+from live import check_live
 
 
 def sts_container(objs):
@@ -41,6 +42,8 @@ def breakages():
         (check_topology, "RWX claim", lambda o: of_kind(o, "StatefulSet")[0]["spec"]["volumeClaimTemplates"][0]["spec"].update(accessModes=["ReadWriteMany"])),
         (check_topology, "governing Service not headless", lambda o: [s["spec"].update(clusterIP="10.0.0.1") for s in of_kind(o, "Service")]),
         (check_topology, "namespace not restricted", lambda o: of_kind(o, "Namespace")[0]["metadata"]["labels"].update({"pod-security.kubernetes.io/enforce": "baseline"})),
+        (check_topology, "replica id not the pod name", lambda o: c(o)["args"].append("--replica-id=axeq")),
+        (check_topology, "peers outside the headless Service", lambda o: c(o)["args"].append("--peer-address-template={replica}.axeq:50051")),
         (check_network_policy, "no NetworkPolicy", lambda o: o.remove(of_kind(o, "NetworkPolicy")[0])),
         (check_network_policy, "gRPC open to all pods", lambda o: of_kind(o, "NetworkPolicy")[0]["spec"]["ingress"][0]["from"].append({"podSelector": {}})),
         (check_network_policy, "rule without from", lambda o: of_kind(o, "NetworkPolicy")[0]["spec"]["ingress"].append({"ports": [{"port": 9464}]})),
@@ -51,9 +54,21 @@ def breakages():
     ]
 
 
-def self_test(objs, dockerfile, cmakelists, dockerignore):
-    """Returns the breakages a checker failed to notice (and any complaint about the unbroken inputs)."""
+def self_test(objs, dockerfile, cmakelists, dockerignore, live=None):
+    """Returns the breakages a checker failed to notice (and any complaint about the unbroken inputs).
+    live: (server_bin, probe_bin, repo) to also break check_live (a name the certificate lacks, a flag
+    the server rejects)."""
     missed = []
+    if live:
+        for what, mutate in [
+                ("probe verifies a name not in the certificate", lambda o: sts_container(o)["readinessProbe"]["exec"].update(command=[
+                    "--server-name=evil.example" if a.startswith("--server-name") else a
+                    for a in sts_container(o)["readinessProbe"]["exec"]["command"]])),
+                ("server flag that does not exist", lambda o: sts_container(o)["args"].append("--no-such-flag"))]:
+            broken = copy.deepcopy(objs)
+            mutate(broken)
+            if not check_live(broken, *live):
+                missed.append(f"check_live accepted a broken pod: {what}")
     image = (dockerfile, cmakelists, dockerignore)
     for what, broken in [
             ("deploy/health not copied", (re.sub(r"^COPY (\.|deploy\S*) .*$", "COPY core core", dockerfile, flags=re.M), cmakelists, dockerignore)),

@@ -5,6 +5,8 @@ Pod Security "restricted", resources, StatefulSet + per-pod volumes + headless S
 NetworkPolicy, images set through kustomize `images:`, and (given the binaries) only flags the server and
 the probe accept. Each checker returns a list of problems; a self-test first feeds each one a deliberately
 broken copy of a rendered overlay and fails if the checker does not notice.
+With both binaries it also starts the server with each overlay's exact args and runs its exact probe
+commands (live.py).
 Usage: check_manifests.py [--repo DIR] [--server-bin axeq-server] [--probe-bin axeq-health-probe]"""
 import argparse
 import os
@@ -18,6 +20,7 @@ except ImportError:
     sys.exit("FAIL: PyYAML is missing; install python3-yaml (scripts/setup.sh lists it)")
 
 from breakages import self_test
+from live import check_live
 from checks import (check_base_files, check_dockerfile, check_flags, check_images_and_tls, check_network_policy,
                     check_probes, check_resources, check_security, check_topology)
 
@@ -58,14 +61,16 @@ def main():
     k8s = os.path.join(a.repo, "deploy", "k8s")
     overlays = sorted(os.listdir(os.path.join(k8s, "overlays")))
     image = tuple(read(os.path.join(a.repo, f)) for f in ("Dockerfile", "CMakeLists.txt", ".dockerignore"))
-    problems = [f"self-test: {m}" for m in self_test(render(os.path.join(k8s, "overlays", overlays[0])), *image)]
+    live = (a.server_bin, a.probe_bin, a.repo) if a.server_bin and a.probe_bin else None
+    problems = [f"self-test: {m}" for m in self_test(render(os.path.join(k8s, "overlays", overlays[0])), *image, live=live)]
     problems += check_dockerfile(*image)
     problems += check_base_files(os.path.join(k8s, "base"))
     server_help, probe_help = help_text(a.server_bin), help_text(a.probe_bin)
     for ov in overlays:
         objs = render(os.path.join(k8s, "overlays", ov))
         found = (check_probes(objs) + check_security(objs) + check_resources(objs) + check_topology(objs) +
-                 check_network_policy(objs) + check_images_and_tls(objs, ov) + check_flags(objs, server_help, probe_help))
+                 check_network_policy(objs) + check_images_and_tls(objs, ov) + check_flags(objs, server_help, probe_help) +
+                 (check_live(objs, *live) if live else []))
         problems += [f"{ov}: {p}" for p in found]
         print(f"{ov}: {len(objs)} objects, {len(found)} problems")
     for p in problems:

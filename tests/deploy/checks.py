@@ -164,6 +164,7 @@ def check_topology(objs):
     mounts = {m["name"]: m["mountPath"] for c in s["spec"]["template"]["spec"]["containers"] for m in c.get("volumeMounts", [])}
     if not any(mounts.get(n) == RESULTS_DIR and t["spec"].get("accessModes") == ["ReadWriteOnce"] for n, t in claims.items()):
         bad.append(f"StatefulSet has no ReadWriteOnce volumeClaimTemplate mounted at {RESULTS_DIR}")
+    bad += check_replica_ids(s)
     svcs = {o["metadata"]["name"]: o["spec"] for o in of_kind(objs, "Service")}
     gov = svcs.get(s["spec"].get("serviceName"))
     if not gov or gov.get("clusterIP") != "None" or gov.get("selector") != sel:
@@ -178,6 +179,21 @@ def check_topology(objs):
         bad.append("no autoscaling/v2 HorizontalPodAutoscaler on CPU for the StatefulSet")
     elif not 1 <= hpas[0]["spec"].get("minReplicas", 1) <= hpas[0]["spec"]["maxReplicas"]:
         bad.append("HPA minReplicas/maxReplicas out of order")
+    return bad
+
+
+def check_replica_ids(sts):
+    """Job ids name their pod (--replica-id from the downward API's metadata.name) and peers are found
+    at their stable names under the governing headless Service."""
+    bad = []
+    for c in sts["spec"]["template"]["spec"]["containers"]:
+        args, env = c.get("args", []), {e["name"]: e for e in c.get("env", [])}
+        rid, tmpl = flag(args, "replica-id"), flag(args, "peer-address-template") or ""
+        m = re.fullmatch(r"\$\((\w+)\)", rid or "")
+        if not m or env.get(m.group(1), {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "metadata.name":
+            bad.append(f"{c['name']}: --replica-id is not the pod name from the downward API")
+        if not tmpl.startswith("{replica}." + sts["spec"].get("serviceName", "?") + "."):
+            bad.append(f"{c['name']}: --peer-address-template {tmpl!r} is not {{replica}}.<headless service>...")
     return bad
 
 
