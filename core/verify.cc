@@ -18,7 +18,8 @@ std::string ToString(i128 v) {
   if (v == 0) return "0";
   const bool neg = v < 0;
   std::string s;
-  for (i128 x = neg ? -v : v; x > 0; x /= 10) s.push_back(static_cast<char>('0' + static_cast<int>(x % 10)));
+  for (i128 x = neg ? -v : v; x > 0; x /= 10)
+    s.push_back(static_cast<char>('0' + static_cast<int>(x % 10)));
   if (neg) s.push_back('-');
   std::reverse(s.begin(), s.end());
   return s;
@@ -42,7 +43,8 @@ std::string Sha256Hex(const Eigen::Ref<const MatrixXi8>& codes) {
   std::vector<unsigned char> bytes;
   bytes.reserve(static_cast<size_t>(codes.size()));
   for (int64_t r = 0; r < codes.rows(); ++r)
-    for (int64_t i = 0; i < codes.cols(); ++i) bytes.push_back(static_cast<unsigned char>(codes(r, i)));
+    for (int64_t i = 0; i < codes.cols(); ++i)
+      bytes.push_back(static_cast<unsigned char>(codes(r, i)));
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   EVP_Digest(bytes.data(), bytes.size(), md, &len, EVP_sha256(), nullptr);
@@ -58,6 +60,7 @@ std::string Sha256Hex(const Eigen::Ref<const MatrixXi8>& codes) {
 // Checks the stated assumptions before any arithmetic; returns false with problems on failure.
 bool AssumptionsInRange(const Eigen::Ref<const MatrixXi8>& codes, const Certificate& c,
                         std::vector<std::string>* problems) {
+  const size_t before = problems->size();
   auto bad = [&](const std::string& what) { problems->push_back(what); };
   const int n = c.input.bits, p = c.accumulator.bits, m = c.weight_bits;
   if (m < 2 || m > 8) bad(absl::StrCat("weight_bits ", m, " is outside [2, 8]"));
@@ -67,8 +70,9 @@ bool AssumptionsInRange(const Eigen::Ref<const MatrixXi8>& codes, const Certific
     bad(absl::StrCat("outer_accumulator_bits ", c.outer_accumulator_bits, " is outside [2, 64]"));
   if (codes.rows() < 1 || codes.cols() < 1) bad("the codes are empty");
   if (c.accumulator.tile_size < 0 || c.accumulator.tile_size > codes.cols())
-    bad(absl::StrCat("tile_size ", c.accumulator.tile_size, " is outside [1, K = ", codes.cols(), "]"));
-  return problems->empty();
+    bad(absl::StrCat("tile_size ", c.accumulator.tile_size, " is outside [1, K = ", codes.cols(),
+                     "]"));
+  return problems->size() == before;
 }
 
 }  // namespace
@@ -78,7 +82,8 @@ Verification VerifyCertificate(const Eigen::Ref<const MatrixXi8>& codes, const C
   Verification v;
   const int64_t c = codes.rows(), k = codes.cols();
   const bool twos = claimed.accumulator.twos_complement;
-  auto mismatch = [&](const std::string& field, const std::string& claim, const std::string& truth) {
+  auto mismatch = [&](const std::string& field, const std::string& claim,
+                      const std::string& truth) {
     v.problems.push_back(absl::StrCat(field, ": claimed ", claim, ", recomputed ", truth));
   };
   // The pinned datapath first: a mismatch there is reported even when the rest is malformed.
@@ -86,7 +91,8 @@ Verification VerifyCertificate(const Eigen::Ref<const MatrixXi8>& codes, const C
   auto pin = [&](const char* what, auto want, auto got) {
     if (want && *want != got) {
       v.as_expected = false;
-      v.problems.push_back(absl::StrCat("expected ", what, " = ", *want, ", the certificate states ", got));
+      v.problems.push_back(
+          absl::StrCat("expected ", what, " = ", *want, ", the certificate states ", got));
     }
   };
   pin("accumulator_bits", expect.accumulator_bits, claimed.accumulator.bits);
@@ -144,9 +150,10 @@ Verification VerifyCertificate(const Eigen::Ref<const MatrixXi8>& codes, const C
       if (b.lo != worst_lo || b.hi != worst_hi || b.row_lo != row_lo || b.row_hi != row_hi ||
           b.worst_tile != worst_tile) {
         if (differ++ < 5)
-          v.problems.push_back(absl::StrCat("channel ", r, ": claimed [", b.lo, ", ", b.hi, "] in tile ",
-                                            b.worst_tile, ", recomputed [", ToString(worst_lo), ", ",
-                                            ToString(worst_hi), "] in tile ", worst_tile));
+          v.problems.push_back(absl::StrCat("channel ", r, ": claimed [", b.lo, ", ", b.hi,
+                                            "] in tile ", b.worst_tile, ", recomputed [",
+                                            ToString(worst_lo), ", ", ToString(worst_hi),
+                                            "] in tile ", worst_tile));
       }
     }
   }
@@ -155,7 +162,8 @@ Verification VerifyCertificate(const Eigen::Ref<const MatrixXi8>& codes, const C
   if (static_cast<int64_t>(claimed.channels.size()) != c)
     mismatch("channels", absl::StrCat(claimed.channels.size(), " entries"), absl::StrCat(c));
   if (out_of_alphabet > 0)
-    v.problems.push_back(absl::StrCat(out_of_alphabet, " codes lie outside the ", m, "-bit alphabet"));
+    v.problems.push_back(
+        absl::StrCat(out_of_alphabet, " codes lie outside the ", m, "-bit alphabet"));
   auto check = [&](const char* field, auto claim, auto truth) {
     if (claim != truth) mismatch(field, absl::StrCat(claim), absl::StrCat(truth));
   };
