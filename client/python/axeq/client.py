@@ -326,6 +326,7 @@ class Client:
         a = fin.activations
         rep = fin.report
         report = {f.name: getattr(rep, f.name) for f in rep.DESCRIPTOR.fields}
+        report["group_size"] = fin.group_size  # Finished.group_size: the scales' G (0 = per channel)
         return LayerResult(fin.layer_name, job_id, codes, scales, bias,
                            ActivationQuantizer(a.bits, a.is_signed, a.scale, a.zero_point), report,
                            _cert_dict(fin.certificate))
