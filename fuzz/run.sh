@@ -45,8 +45,8 @@ link() {  # link NAME OBJS... LIBS
 }
 for t in $targets; do
   case $t in
-    wire) link wire $(objs $wire_srcs $core_srcs) "$out/obj/axeq.pb.o" $(pkg-config --libs grpc++ protobuf) $absl_libs ;;
-    safetensors|result) link "$t" $(objs $formats_srcs $core_srcs) $absl_libs ;;
+    wire) link wire $(objs $wire_srcs $core_srcs) "$out/obj/axeq.pb.o" $(pkg-config --libs grpc++ protobuf) $absl_libs -lcrypto ;;
+    safetensors|result) link "$t" $(objs $formats_srcs $core_srcs) $absl_libs -lcrypto ;;
     *) echo "unknown target $t"; exit 2 ;;
   esac
 done

@@ -1,5 +1,8 @@
 // axeq-server: parses flags and wires; the server itself is server/server.cc.
+#include <malloc.h>
+
 #include <csignal>
+#include <cstdlib>
 #include <cstdio>
 #include <string>
 #include <thread>
@@ -14,6 +17,10 @@ void OnSignal(int sig) { g_signal = sig; }
 }  // namespace
 
 int main(int argc, char** argv) {
+  // glibc gives each thread that allocates its own heap arena (up to 8 per core): with gRPC's
+  // and the engine's threads, freed job buffers stay spread over them and RSS creeps up under
+  // steady load (docs/load.md). Two arenas keep it flat; MALLOC_ARENA_MAX overrides.
+  if (!std::getenv("MALLOC_ARENA_MAX")) mallopt(M_ARENA_MAX, 2);
   axeq::server::ServerOptions o;
   double grace = 30, budget_mb = 0, retention_mb = 20480, max_upload_mb = 24576, idle_s = 60, finished_ttl_s = 600;
   std::vector<std::string> peers;
