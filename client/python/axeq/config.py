@@ -67,8 +67,8 @@ class Config:
 
 RANGE_METHODS = ("minmax", "percentile", "mse")
 MSE_MULTIPLIERS = np.linspace(0.3, 1.0, 100)  # of the min/max range, searched by "mse"
-MSE_SAMPLE = 1 << 14                          # values the grid is searched on (strided subsample)
-MSE_FINALISTS = 2                             # best grid points re-scored on all values
+MSE_SAMPLE = 1 << 15                          # values the grid is searched on (strided subsample)
+MSE_FINALISTS = 4                             # best grid points re-scored on all values
 
 
 def _is_torch(x) -> bool:
