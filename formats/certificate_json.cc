@@ -8,7 +8,11 @@ namespace axeq {
 nlohmann::json CertificateToJson(const Certificate& c) {
   nlohmann::json ch = nlohmann::json::array();
   for (const auto& b : c.channels)
-    ch.push_back({{"lo", b.lo}, {"hi", b.hi}, {"tile", b.worst_tile}, {"row_lo", b.row_lo}, {"row_hi", b.row_hi}});
+    ch.push_back({{"lo", b.lo},
+                  {"hi", b.hi},
+                  {"tile", b.worst_tile},
+                  {"row_lo", b.row_lo},
+                  {"row_hi", b.row_hi}});
   return {{"schema_version", kCertificateSchemaVersion},
           {"weights_sha256", c.weights_sha256},
           {"weights_layout", "int8 row-major [output_channels, inputs]"},
@@ -44,11 +48,15 @@ absl::StatusOr<Certificate> CertificateFromJson(const nlohmann::json& j) {
     }
     const auto& v = j[key];
     bool ok;
-    if constexpr (std::is_same_v<T, bool>) ok = v.is_boolean();
-    else if constexpr (std::is_same_v<T, std::string>) ok = v.is_string();
-    else ok = v.is_number_integer();
+    if constexpr (std::is_same_v<T, bool>)
+      ok = v.is_boolean();
+    else if constexpr (std::is_same_v<T, std::string>)
+      ok = v.is_string();
+    else
+      ok = v.is_number_integer();
     if (!ok) {
-      st = absl::InvalidArgumentError(absl::StrCat("certificate field ", key, " has the wrong type"));
+      st = absl::InvalidArgumentError(
+          absl::StrCat("certificate field ", key, " has the wrong type"));
       return;
     }
     *out = v.get<T>();
@@ -73,13 +81,16 @@ absl::StatusOr<Certificate> CertificateFromJson(const nlohmann::json& j) {
   if (!st.ok()) return st;
   // The input range and tile are stated redundantly; they must be those of the stated specs.
   if (c.input.bits < 2 || c.input.bits > 16)
-    return absl::InvalidArgumentError(absl::StrCat("certificate input_bits ", c.input.bits, " is outside [2, 16]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("certificate input_bits ", c.input.bits, " is outside [2, 16]"));
   if (input_min != c.input_min() || input_max != c.input_max())
-    return absl::InvalidArgumentError(absl::StrCat(
-        "certificate input range [", input_min, ", ", input_max, "] is not that of ", c.input.bits, "-bit ",
-        c.input.is_signed ? "signed" : "unsigned", " codes [", c.input_min(), ", ", c.input_max(), "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("certificate input range [", input_min, ", ", input_max, "] is not that of ",
+                     c.input.bits, "-bit ", c.input.is_signed ? "signed" : "unsigned", " codes [",
+                     c.input_min(), ", ", c.input_max(), "]"));
   if (tile_size < 1 || tile_size > c.inputs || tile_size > INT32_MAX)
-    return absl::InvalidArgumentError(absl::StrCat("certificate tile_size ", tile_size, " is outside [1, inputs = ", c.inputs, "]"));
+    return absl::InvalidArgumentError(absl::StrCat("certificate tile_size ", tile_size,
+                                                   " is outside [1, inputs = ", c.inputs, "]"));
   c.accumulator.tile_size = static_cast<int>(tile_size);
   if (!j.contains("channels") || !j["channels"].is_array())
     return absl::InvalidArgumentError("certificate lacks the channels array");
@@ -90,9 +101,12 @@ absl::StatusOr<Certificate> CertificateFromJson(const nlohmann::json& j) {
     ChannelBound b;
     b.lo = e["lo"].get<int64_t>();
     b.hi = e["hi"].get<int64_t>();
-    b.worst_tile = e.value("tile", int64_t{0});
-    b.row_lo = e.value("row_lo", b.lo);
-    b.row_hi = e.value("row_hi", b.hi);
+    auto int_or = [&](const char* key, int64_t fallback) {
+      return e.contains(key) && e[key].is_number_integer() ? e[key].get<int64_t>() : fallback;
+    };
+    b.worst_tile = int_or("tile", 0);
+    b.row_lo = int_or("row_lo", b.lo);
+    b.row_hi = int_or("row_hi", b.hi);
     c.channels.push_back(b);
   }
   return c;

@@ -60,7 +60,8 @@ TEST(Safetensors, MalformedFilesAreInvalidArgument) {
     o.write(reinterpret_cast<const char*>(&n), 8);
   }
   EXPECT_EQ(ReadSafetensors(p).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(ReadSafetensors(TempPath("missing.safetensors")).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(ReadSafetensors(TempPath("missing.safetensors")).status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 TEST(CertificateJson, RoundTripAndMissingFields) {
@@ -82,9 +83,10 @@ TEST(CertificateJson, RoundTripAndMissingFields) {
 
 // Issue 10, point 4: a shape whose element count overflows int64 is an error, never an allocation.
 TEST(Safetensors, OverflowingShapesAreInvalidArgument) {
-  for (const char* shape : {"[4294967296, 4294967296, 4]", "[9223372036854775807, 2]", "[18446744073709551615]",
-                            "[-1, 2]", "[1.5]"}) {
-    std::string header = std::string(R"({"t":{"dtype":"F32","shape":)") + shape + R"(,"data_offsets":[0,0]}})";
+  for (const char* shape : {"[4294967296, 4294967296, 4]", "[9223372036854775807, 2]",
+                            "[18446744073709551615]", "[-1, 2]", "[1.5]"}) {
+    std::string header =
+        std::string(R"({"t":{"dtype":"F32","shape":)") + shape + R"(,"data_offsets":[0,0]}})";
     std::string bytes(8, '\0');
     const uint64_t n = header.size();
     std::memcpy(bytes.data(), &n, 8);
@@ -180,6 +182,23 @@ TEST(ResultFile, MissingOrMisshapedFieldsNameTheLayer) {
   f = good;
   f.tensors["fc.qweight"].shape = {3, 11};  // the shape claims more than the bytes hold
   expect_error(f, ".qweight");
+}
+
+// Found by fuzz/result_fuzz (fuzz/crashes/result-report-max_l1-string): report and channel fields
+// of the wrong JSON type are ignored or refused, never an uncaught exception.
+TEST(ResultFile, WrongTypedJsonFieldsNeverThrow) {
+  SafetensorsFile f = ResultToSafetensors({SampleLayer("fc", 0)});
+  nlohmann::json rep = nlohmann::json::parse(f.metadata["fc.report"]);
+  for (const char* key : {"max_l1", "sparsity", "method", "damping_retries", "seconds", "bias_corrected"})
+    rep[key] = nlohmann::json::array({"x"});
+  f.metadata["fc.report"] = rep.dump();
+  nlohmann::json cert = nlohmann::json::parse(f.metadata["fc.certificate"]);
+  cert["channels"][0]["tile"] = "zero";
+  f.metadata["fc.certificate"] = cert.dump();
+  absl::StatusOr<std::vector<QuantizedLayer>> r = absl::UnknownError("not run");
+  EXPECT_NO_THROW(r = DecodeResult(f));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)[0].report.max_l1, 0);
 }
 
 TEST(CertificateJson, StatedRangesMustMatchTheSpecs) {

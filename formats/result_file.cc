@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstring>
 #include <set>
+#include <string>
+#include <type_traits>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -16,6 +18,19 @@ namespace {
 constexpr char kFormat[] = "axeq-result";
 
 nlohmann::json Num(double v) { return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(v); }
+// Returns j[key] when it has T's JSON type, else `fallback` (never throws on hostile input).
+template <typename T>
+T Field(const nlohmann::json& j, const char* key, T fallback) {
+  if (!j.is_object() || !j.contains(key)) return fallback;
+  const nlohmann::json& v = j[key];
+  bool ok;
+  if constexpr (std::is_same_v<T, bool>) ok = v.is_boolean();
+  else if constexpr (std::is_same_v<T, std::string>) ok = v.is_string();
+  else if constexpr (std::is_integral_v<T>) ok = v.is_number_integer();
+  else ok = v.is_number();
+  return ok ? v.get<T>() : fallback;
+}
+
 double NumOr(const nlohmann::json& j, const char* key) {
   return j.contains(key) && j[key].is_number() ? j[key].get<double>() : std::nan("");
 }
@@ -92,7 +107,8 @@ absl::Status LayerDecoder::DecodeTensors(QuantizedLayer* l) {
   if (!scale.ok()) return Bad(".input_scale", std::string(scale.status().message()));
   auto zero = ScalarFrom<int32_t>(*zp, "I32");
   if (!zero.ok()) return Bad(".input_zero_point", std::string(zero.status().message()));
-  if (!std::isfinite(*scale) || *scale <= 0) return Bad(".input_scale", absl::StrCat(*scale, " is not finite and > 0"));
+  if (!std::isfinite(*scale) || *scale <= 0)
+    return Bad(".input_scale", absl::StrCat(*scale, " is not finite and > 0"));
   l->activations.scale = *scale;
   l->activations.zero_point = *zero;
   if (const Tensor* b = Find(".bias")) {
@@ -107,7 +123,8 @@ absl::Status LayerDecoder::DecodeTensors(QuantizedLayer* l) {
 
 absl::Status LayerDecoder::DecodeJson(QuantizedLayer* l, LayerFacts* facts) {
   auto cit = f_.metadata.find(name_ + ".certificate");
-  if (cit == f_.metadata.end()) return Bad(".certificate", "missing (every quantized layer must have one)");
+  if (cit == f_.metadata.end())
+    return Bad(".certificate", "missing (every quantized layer must have one)");
   auto cert = ParseCertificate(cit->second);
   if (!cert.ok()) return Bad(".certificate", std::string(cert.status().message()));
   l->certificate = std::move(cert).value();
@@ -118,8 +135,10 @@ absl::Status LayerDecoder::DecodeJson(QuantizedLayer* l, LayerFacts* facts) {
   if (version_ >= 2) {
     if (rit == f_.metadata.end()) return Bad(".report", "missing");
     for (const char* key : {"group_size", "weight_bits", "input_bits"})
-      if (!rep.contains(key) || !rep[key].is_number_integer()) return Bad(".report", absl::StrCat("lacks integer ", key));
-    if (!rep.contains("input_signed") || !rep["input_signed"].is_boolean()) return Bad(".report", "lacks boolean input_signed");
+      if (!rep.contains(key) || !rep[key].is_number_integer())
+        return Bad(".report", absl::StrCat("lacks integer ", key));
+    if (!rep.contains("input_signed") || !rep["input_signed"].is_boolean())
+      return Bad(".report", "lacks boolean input_signed");
     facts->group_size = rep["group_size"].get<int>();
     facts->weight_bits = rep["weight_bits"].get<int>();
     facts->input_bits = rep["input_bits"].get<int>();
@@ -138,41 +157,47 @@ absl::Status LayerDecoder::DecodeJson(QuantizedLayer* l, LayerFacts* facts) {
   QualityReport& r = l->report;
   r.relative_error = NumOr(rep, "relative_error");
   r.relative_error_quantized_inputs = NumOr(rep, "relative_error_quantized_inputs");
-  r.sparsity = rep.value("sparsity", 0.0);
-  r.max_abs_code = rep.value("max_abs_code", 0);
-  r.mean_l1 = rep.value("mean_l1", 0.0);
-  r.max_l1 = rep.value("max_l1", int64_t{0});
+  r.sparsity = Field(rep, "sparsity", 0.0);
+  r.max_abs_code = Field(rep, "max_abs_code", 0);
+  r.mean_l1 = Field(rep, "mean_l1", 0.0);
+  r.max_l1 = Field(rep, "max_l1", int64_t{0});
   r.min_accumulator_bits = l->certificate.min_accumulator_bits;
   r.min_outer_accumulator_bits = l->certificate.min_outer_accumulator_bits;
   RunInfo& run = l->run;
-  run.description = rep.value("method", std::string());
-  run.damping = rep.value("damping", 0.0);
-  run.damping_retries = rep.value("damping_retries", 0);
-  run.dead_inputs = rep.value("dead_inputs", int64_t{0});
-  run.samples = rep.value("calibration_samples", int64_t{0});
-  run.seconds = rep.value("seconds", 0.0);
-  run.job_id = rep.value("job_id", std::string());
-  l->bias_corrected = rep.value("bias_corrected", false);
+  run.description = Field(rep, "method", std::string());
+  run.damping = Field(rep, "damping", 0.0);
+  run.damping_retries = Field(rep, "damping_retries", 0);
+  run.dead_inputs = Field(rep, "dead_inputs", int64_t{0});
+  run.samples = Field(rep, "calibration_samples", int64_t{0});
+  run.seconds = Field(rep, "seconds", 0.0);
+  run.job_id = Field(rep, "job_id", std::string());
+  l->bias_corrected = Field(rep, "bias_corrected", false);
   return absl::OkStatus();
 }
 
-absl::Status LayerDecoder::CheckConsistency(const QuantizedLayer& l, const LayerFacts& facts) const {
+absl::Status LayerDecoder::CheckConsistency(const QuantizedLayer& l,
+                                            const LayerFacts& facts) const {
   const Certificate& c = l.certificate;
   const int64_t rows = l.codes.rows(), k = l.codes.cols();
   if (c.output_channels != rows || c.inputs != k)
-    return Bad(".certificate", absl::StrCat("is for [", c.output_channels, ", ", c.inputs, "] but .qweight is [", rows, ", ", k, "]"));
-  if (facts.group_size < 0) return Bad(".report", absl::StrCat("group_size ", facts.group_size, " is negative"));
+    return Bad(".certificate", absl::StrCat("is for [", c.output_channels, ", ", c.inputs,
+                                            "] but .qweight is [", rows, ", ", k, "]"));
+  if (facts.group_size < 0)
+    return Bad(".report", absl::StrCat("group_size ", facts.group_size, " is negative"));
   if (NumGroups(k, facts.group_size) != l.scales.cols())
-    return Bad(".scales", absl::StrCat("has ", l.scales.cols(), " groups; group size ", facts.group_size, " with K = ", k,
-                                       " needs ", NumGroups(k, facts.group_size)));
-  if (facts.weight_bits != c.weight_bits || facts.input_bits != c.input.bits || facts.input_signed != c.input.is_signed)
+    return Bad(".scales",
+               absl::StrCat("has ", l.scales.cols(), " groups; group size ", facts.group_size,
+                            " with K = ", k, " needs ", NumGroups(k, facts.group_size)));
+  if (facts.weight_bits != c.weight_bits || facts.input_bits != c.input.bits ||
+      facts.input_signed != c.input.is_signed)
     return Bad(".report", absl::StrCat("states W", facts.weight_bits, "A", facts.input_bits,
-                                       facts.input_signed ? " signed" : " unsigned", ", the certificate W", c.weight_bits,
-                                       "A", c.input.bits, c.input.is_signed ? " signed" : " unsigned"));
+                                       facts.input_signed ? " signed" : " unsigned",
+                                       ", the certificate W", c.weight_bits, "A", c.input.bits,
+                                       c.input.is_signed ? " signed" : " unsigned"));
   const ActivationQuantizer& a = l.activations;
   if (a.zero_point < a.spec.min_code() || a.zero_point > a.spec.max_code())
-    return Bad(".input_zero_point", absl::StrCat(a.zero_point, " is outside the code range [", a.spec.min_code(), ", ",
-                                                 a.spec.max_code(), "]"));
+    return Bad(".input_zero_point", absl::StrCat(a.zero_point, " is outside the code range [",
+                                                 a.spec.min_code(), ", ", a.spec.max_code(), "]"));
   return absl::OkStatus();
 }
 
@@ -198,16 +223,19 @@ absl::StatusOr<std::vector<std::string>> ListedLayers(const SafetensorsFile& f, 
   const std::string* v = meta("axeq.schema_version");
   *version = 1;
   if (v && (!absl::SimpleAtoi(*v, version) || *version < 1 || *version > kResultSchemaVersion))
-    return absl::InvalidArgumentError(absl::StrCat("RESULT schema version '", *v, "' is not 1 or ", kResultSchemaVersion));
+    return absl::InvalidArgumentError(
+        absl::StrCat("RESULT schema version '", *v, "' is not 1 or ", kResultSchemaVersion));
   std::vector<std::string> names;
   if (*version >= 2) {
     const std::string* list = meta("axeq.layers");
     if (!list) return absl::InvalidArgumentError("RESULT file lacks the axeq.layers list");
     nlohmann::json j = nlohmann::json::parse(*list, nullptr, false);
-    if (j.is_discarded() || !j.is_array()) return absl::InvalidArgumentError("axeq.layers is not a JSON array");
+    if (j.is_discarded() || !j.is_array())
+      return absl::InvalidArgumentError("axeq.layers is not a JSON array");
     std::set<std::string> seen;
     for (const auto& e : j) {
-      if (!e.is_string() || e.get<std::string>().empty() || !seen.insert(e.get<std::string>()).second)
+      if (!e.is_string() || e.get<std::string>().empty() ||
+          !seen.insert(e.get<std::string>()).second)
         return absl::InvalidArgumentError("axeq.layers must hold distinct, non-empty layer names");
       names.push_back(e.get<std::string>());
     }
@@ -287,7 +315,8 @@ absl::StatusOr<std::vector<ResultEntry>> DecodeResultEntries(const SafetensorsFi
   if (auto it = file.metadata.find("axeq.group_size"); it != file.metadata.end())
     if (!absl::SimpleAtoi(it->second, &file_group) || file_group < 0) file_group = 0;
   std::vector<ResultEntry> out;
-  for (const auto& name : *names) out.push_back({name, LayerDecoder(file, name, version, file_group).Decode()});
+  for (const auto& name : *names)
+    out.push_back({name, LayerDecoder(file, name, version, file_group).Decode()});
   return out;
 }
 
@@ -306,7 +335,8 @@ absl::StatusOr<std::vector<QuantizedLayer>> ReadResultFile(const std::string& pa
   auto f = ReadSafetensors(path);
   if (!f.ok()) return f.status();
   auto r = DecodeResult(*f);
-  if (!r.ok()) return absl::Status(r.status().code(), absl::StrCat(path, ": ", r.status().message()));
+  if (!r.ok())
+    return absl::Status(r.status().code(), absl::StrCat(path, ": ", r.status().message()));
   return r;
 }
 

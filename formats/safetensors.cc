@@ -1,13 +1,13 @@
 // safetensors I/O with strict validation of the header and offsets.
 #include "formats/safetensors.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-
-#include <fcntl.h>
-#include <unistd.h>
 
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
@@ -27,7 +27,8 @@ float HalfToFloat(uint16_t h) {
   const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
   uint32_t bits;
   if (exp == 0) {
-    if (man == 0) bits = sign;
+    if (man == 0)
+      bits = sign;
     else {  // subnormal
       float f = std::ldexp(static_cast<float>(man), -24);
       return (h & 0x8000u) ? -f : f;
@@ -61,22 +62,29 @@ int64_t Tensor::expected_bytes() const {
 absl::StatusOr<SafetensorsFile> ParseSafetensors(absl::string_view bytes, const std::string& what) {
   const uint64_t size = bytes.size();
   uint64_t n = 0;
-  if (size < 8) return absl::InvalidArgumentError(absl::StrCat(what, ": too short for a safetensors header"));
+  if (size < 8)
+    return absl::InvalidArgumentError(absl::StrCat(what, ": too short for a safetensors header"));
   std::memcpy(&n, bytes.data(), 8);
   if (n > size - 8 || n > kMaxHeaderBytes)
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, ": header length ", n, " exceeds the file (", size, " bytes) or ", kMaxHeaderBytes));
-  nlohmann::json j = nlohmann::json::parse(bytes.data() + 8, bytes.data() + 8 + n, nullptr, /*allow_exceptions=*/false);
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ": header length ", n, " exceeds the file (", size, " bytes) or ", kMaxHeaderBytes));
+  nlohmann::json j = nlohmann::json::parse(bytes.data() + 8, bytes.data() + 8 + n, nullptr,
+                                           /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object())
     return absl::InvalidArgumentError(absl::StrCat(what, ": header is not a JSON object"));
   const absl::string_view data = bytes.substr(8 + n);
   const int64_t data_size = static_cast<int64_t>(data.size());
   SafetensorsFile f;
-  for (auto& [name, v] : j.items()) {
+  for (auto& item : j.items()) {
+    const std::string name = item.key();  // a plain variable: lambdas below capture it
+    const nlohmann::json& v = item.value();
     if (name == "__metadata__") {
-      if (!v.is_object()) return absl::InvalidArgumentError(absl::StrCat(what, ": __metadata__ is not an object"));
+      if (!v.is_object())
+        return absl::InvalidArgumentError(absl::StrCat(what, ": __metadata__ is not an object"));
       for (auto& [k, s] : v.items()) {
-        if (!s.is_string()) return absl::InvalidArgumentError(absl::StrCat(what, ": metadata ", k, " is not a string"));
+        if (!s.is_string())
+          return absl::InvalidArgumentError(
+              absl::StrCat(what, ": metadata ", k, " is not a string"));
         f.metadata[k] = s.get<std::string>();
       }
       continue;
@@ -84,9 +92,9 @@ absl::StatusOr<SafetensorsFile> ParseSafetensors(absl::string_view bytes, const 
     auto bad = [&](const std::string& why) {
       return absl::InvalidArgumentError(absl::StrCat(what, ": tensor ", name, " ", why));
     };
-    if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") || !v.contains("data_offsets") ||
-        !v["dtype"].is_string() || !v["shape"].is_array() || !v["data_offsets"].is_array() ||
-        v["data_offsets"].size() != 2 || v["shape"].size() > 8)
+    if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") ||
+        !v.contains("data_offsets") || !v["dtype"].is_string() || !v["shape"].is_array() ||
+        !v["data_offsets"].is_array() || v["data_offsets"].size() != 2 || v["shape"].size() > 8)
       return bad("has a malformed entry");
     Tensor t;
     t.dtype = v["dtype"].get<std::string>();
@@ -104,7 +112,8 @@ absl::StatusOr<SafetensorsFile> ParseSafetensors(absl::string_view bytes, const 
       return bad(absl::StrCat("has data_offsets outside the data (", data_size, " bytes)"));
     const int64_t b = off[0].get<int64_t>(), e = off[1].get<int64_t>();
     if (e < b || e - b != expected)
-      return bad(absl::StrCat("data_offsets [", b, ", ", e, ") do not match shape and dtype ", t.dtype));
+      return bad(
+          absl::StrCat("data_offsets [", b, ", ", e, ") do not match shape and dtype ", t.dtype));
     t.data.assign(data.begin() + b, data.begin() + e);
     f.tensors.emplace(name, std::move(t));
   }
@@ -116,14 +125,17 @@ absl::StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path) {
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
   in.seekg(0, std::ios::end);
   const std::streamoff size = in.tellg();
-  if (size < 0) return absl::InvalidArgumentError(absl::StrCat(path, ": cannot determine its size"));
+  if (size < 0)
+    return absl::InvalidArgumentError(absl::StrCat(path, ": cannot determine its size"));
   in.seekg(0);
   std::string bytes(static_cast<size_t>(size), '\0');
-  if (!in.read(bytes.data(), size)) return absl::DataLossError(absl::StrCat(path, ": could not read ", size, " bytes"));
+  if (!in.read(bytes.data(), size))
+    return absl::DataLossError(absl::StrCat(path, ": could not read ", size, " bytes"));
   return ParseSafetensors(bytes, path);
 }
 
-absl::StatusOr<std::map<std::string, std::string>> ReadSafetensorsMetadata(const std::string& path) {
+absl::StatusOr<std::map<std::string, std::string>> ReadSafetensorsMetadata(
+    const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
   uint64_t n = 0;
@@ -133,7 +145,8 @@ absl::StatusOr<std::map<std::string, std::string>> ReadSafetensorsMetadata(const
   if (!in.read(header.data(), static_cast<std::streamsize>(n)))
     return absl::InvalidArgumentError(absl::StrCat(path, ": truncated header"));
   nlohmann::json j = nlohmann::json::parse(header, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError(absl::StrCat(path, ": header is not JSON"));
+  if (j.is_discarded() || !j.is_object())
+    return absl::InvalidArgumentError(absl::StrCat(path, ": header is not JSON"));
   std::map<std::string, std::string> out;
   if (j.contains("__metadata__") && j["__metadata__"].is_object())
     for (auto& [k, v] : j["__metadata__"].items())
@@ -145,7 +158,8 @@ absl::Status WriteSafetensors(const std::string& path, const SafetensorsFile& fi
   nlohmann::json j = nlohmann::json::object();
   int64_t offset = 0;
   for (const auto& [name, t] : file.tensors) {
-    j[name] = {{"dtype", t.dtype}, {"shape", t.shape},
+    j[name] = {{"dtype", t.dtype},
+               {"shape", t.shape},
                {"data_offsets", {offset, offset + static_cast<int64_t>(t.data.size())}}};
     offset += static_cast<int64_t>(t.data.size());
   }
@@ -158,7 +172,8 @@ absl::Status WriteSafetensors(const std::string& path, const SafetensorsFile& fi
   const uint64_t n = header.size();
   bool ok = std::fwrite(&n, 8, 1, out) == 1 && std::fwrite(header.data(), 1, n, out) == n;
   for (const auto& [name, t] : file.tensors)
-    ok = ok && (t.data.empty() || std::fwrite(t.data.data(), 1, t.data.size(), out) == t.data.size());
+    ok = ok &&
+         (t.data.empty() || std::fwrite(t.data.data(), 1, t.data.size(), out) == t.data.size());
   ok = ok && std::fflush(out) == 0 && ::fsync(::fileno(out)) == 0;
   ok = std::fclose(out) == 0 && ok;
   if (!ok) {
@@ -169,7 +184,8 @@ absl::Status WriteSafetensors(const std::string& path, const SafetensorsFile& fi
     return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", path));
   // The rename is durable once the directory is synced.
   const size_t slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  const std::string dir =
+      slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
   const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
   if (fd >= 0) {
     ::fsync(fd);
@@ -180,12 +196,14 @@ absl::Status WriteSafetensors(const std::string& path, const SafetensorsFile& fi
 
 absl::StatusOr<MatrixXf> TensorToMatrix(const Tensor& t, const std::string& name) {
   if (t.shape.size() != 1 && t.shape.size() != 2)
-    return absl::InvalidArgumentError(absl::StrCat(name, " must be 1-D or 2-D, has ", t.shape.size(), " dims"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, " must be 1-D or 2-D, has ", t.shape.size(), " dims"));
   const int64_t rows = t.shape.size() == 2 ? t.shape[0] : 1;
   const int64_t cols = t.shape.back();
   const int64_t bytes = t.expected_bytes();
   if (bytes < 0 || static_cast<int64_t>(t.data.size()) != bytes)
-    return absl::InvalidArgumentError(absl::StrCat(name, " holds ", t.data.size(), " bytes, its shape needs ", bytes));
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, " holds ", t.data.size(), " bytes, its shape needs ", bytes));
   MatrixXf m(rows, cols);
   const int64_t n = rows * cols;
   if (t.dtype == "F32") {
@@ -202,16 +220,19 @@ absl::StatusOr<MatrixXf> TensorToMatrix(const Tensor& t, const std::string& name
       }
     }
   } else {
-    return absl::InvalidArgumentError(absl::StrCat(name, " has dtype ", t.dtype, "; expected F32, F16 or BF16"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, " has dtype ", t.dtype, "; expected F32, F16 or BF16"));
   }
   return m;
 }
 
 absl::StatusOr<MatrixXi8> TensorToCodes(const Tensor& t, const std::string& name) {
   if (t.dtype != "I8" || t.shape.size() != 2)
-    return absl::InvalidArgumentError(absl::StrCat(name, " must be a 2-D I8 tensor, got ", t.dtype, " with ", t.shape.size(), " dims"));
+    return absl::InvalidArgumentError(absl::StrCat(name, " must be a 2-D I8 tensor, got ", t.dtype,
+                                                   " with ", t.shape.size(), " dims"));
   if (t.expected_bytes() != static_cast<int64_t>(t.data.size()))
-    return absl::InvalidArgumentError(absl::StrCat(name, " holds ", t.data.size(), " bytes, its shape needs ", t.expected_bytes()));
+    return absl::InvalidArgumentError(absl::StrCat(name, " holds ", t.data.size(),
+                                                   " bytes, its shape needs ", t.expected_bytes()));
   MatrixXi8 m(t.shape[0], t.shape[1]);
   std::memcpy(m.data(), t.data.data(), t.data.size());
   return m;
