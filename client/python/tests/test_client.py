@@ -60,10 +60,10 @@ class ClientTest(ServerFixture):
         subprocess.run([CLI, "quantize", "--model", layers, "--calibration", cal, "--algorithm", "gpfq",
                         "--acc-bits", "16", "--tile", "32", "--out", out, "--quiet"], check=True, capture_output=True)
         local = axeq.read_result(out)["lin"]
-        np.testing.assert_array_equal(remote.codes, local["codes"])
-        np.testing.assert_array_equal(remote.scales, local["scales"])
-        np.testing.assert_array_equal(remote.bias, local["bias"])
-        self.assertEqual(remote.certificate["weights_sha256"], local["certificate"]["weights_sha256"])
+        np.testing.assert_array_equal(remote.codes, local.codes)
+        np.testing.assert_array_equal(remote.scales, local.scales)
+        np.testing.assert_array_equal(remote.bias, local.bias)
+        self.assertEqual(remote.certificate["weights_sha256"], local.certificate["weights_sha256"])
         ok, safe, problems = remote.verify()
         self.assertTrue(ok, problems)
         self.assertTrue(safe)
