@@ -5,7 +5,6 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
-#include <cstdio>
 
 #include "absl/strings/str_cat.h"
 
@@ -48,11 +47,11 @@ std::string Sha256Hex(const Eigen::Ref<const MatrixXi8>& codes) {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   EVP_Digest(bytes.data(), bytes.size(), md, &len, EVP_sha256(), nullptr);
+  static constexpr char kHex[] = "0123456789abcdef";
   std::string hex;
-  char buf[3];
   for (unsigned int i = 0; i < len; ++i) {
-    std::snprintf(buf, sizeof(buf), "%02x", md[i]);
-    hex += buf;
+    hex += kHex[md[i] >> 4];
+    hex += kHex[md[i] & 15];
   }
   return hex;
 }

@@ -194,7 +194,7 @@ def verify_certificate(codes, cert):
 def long_job(stub, name, md):
     """A detached statistics upload that keeps one worker busy for a while: (job id, call)."""
     rng = np.random.default_rng(7)
-    k, c = 1536, 3072
+    k, c = 2560, 6144  # long enough (seconds) on a quiet 2-core machine
     w = (0.02 * rng.standard_normal((c, k))).astype(np.float32)
     g = np.eye(k, dtype=np.float32) + np.float32(0.01)
     msgs = stats_upload(name, w, g, g, 100, detach=True, cfg=config(block_size=16, precision=pb.PRECISION_FLOAT64))
