@@ -53,10 +53,10 @@ class RemoteClient;
 std::unique_ptr<Engine> MakeRemoteEngine(std::unique_ptr<RemoteClient> client, int concurrency);
 
 absl::StatusOr<std::vector<QuantizedLayer>> RunQuantizeJob(const SafetensorsFile& model,
-                                                         const SafetensorsFile& calibration,
-                                                         const JobOptions& options,
-                                                         const JobProgress& progress = {},
-                                                         Engine* engine = nullptr);
+                                                           const SafetensorsFile& calibration,
+                                                           const JobOptions& options,
+                                                           const JobProgress& progress = {},
+                                                           Engine* engine = nullptr);
 
 }  // namespace axeq
 

@@ -22,13 +22,13 @@ struct VerifyExpectations {
   std::optional<int64_t> tile_size;     // T; 0 = monolithic (the certificate then states T = K)
   std::optional<int> input_bits;        // N
   std::optional<bool> inputs_signed;
-  std::optional<int> weight_bits;       // M (codes must lie in the M-bit full alphabet)
+  std::optional<int> weight_bits;  // M (codes must lie in the M-bit full alphabet)
 };
 
 struct Verification {
-  bool consistent = false;  // every claim matches the recomputation from the codes
-  bool safe = false;        // the recomputed verdict (independent of the claims)
-  bool as_expected = true;  // the pinned expectations match the certificate
+  bool consistent = false;            // every claim matches the recomputation from the codes
+  bool safe = false;                  // the recomputed verdict (independent of the claims)
+  bool as_expected = true;            // the pinned expectations match the certificate
   std::vector<std::string> problems;  // human-readable, empty when consistent and as expected
   bool ok() const { return consistent && safe && as_expected; }
 };

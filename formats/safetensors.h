@@ -17,7 +17,7 @@
 namespace axeq {
 
 struct Tensor {
-  std::string dtype;            // F32, F16, BF16, I8, I32, I64
+  std::string dtype;  // F32, F16, BF16, I8, I32, I64
   std::vector<int64_t> shape;
   std::vector<uint8_t> data;
   int64_t numel() const;           // -1 when the shape is negative or its product overflows
