@@ -17,8 +17,8 @@ import time
 import unittest
 import urllib.request
 
-SERVER = os.environ.get("AXEQ_SERVER_BIN", "build/server/axeq-server")
-CLI = os.environ.get("AXEQ_CLI_BIN", "build/cli/axeq")
+SERVER = os.environ.get("AXEQ_SERVER_BIN", os.path.join(os.environ.get("AXEQ_BUILD_DIR", "build"), "server", "axeq-server"))
+CLI = os.environ.get("AXEQ_CLI_BIN", os.path.join(os.environ.get("AXEQ_BUILD_DIR", "build"), "client", "axeq"))
 CHECKPOINT = os.environ.get("AXEQ_CHECKPOINT", "examples/data/stories260K.bin")
 FLAGS = ["--acc-bits", "16", "--tile", "32", "--algorithm", "gpfq"]
 DIGEST = re.compile(r'"weights_sha256": "([0-9a-f]{64})"')

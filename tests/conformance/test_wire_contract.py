@@ -24,9 +24,9 @@ import unittest
 import grpc
 import numpy as np
 
-SERVER = os.environ.get("AXEQ_SERVER_BIN", "build/server/axeq-server")
-CLI = os.environ.get("AXEQ_CLI_BIN", "build/cli/axeq")
-STUBS = os.environ.get("AXEQ_PYTHON_STUBS", "build/python")
+SERVER = os.environ.get("AXEQ_SERVER_BIN", os.path.join(os.environ.get("AXEQ_BUILD_DIR", "build"), "server", "axeq-server"))
+CLI = os.environ.get("AXEQ_CLI_BIN", os.path.join(os.environ.get("AXEQ_BUILD_DIR", "build"), "client", "axeq"))
+STUBS = os.environ.get("AXEQ_PYTHON_STUBS", os.path.join(os.environ.get("AXEQ_BUILD_DIR", "build"), "python"))
 
 # Import the generated modules without running the axeq package's __init__ (client code).
 _pkg = types.ModuleType("axeq")

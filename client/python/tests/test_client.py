@@ -16,8 +16,8 @@ import numpy as np
 import axeq
 from axeq import ActivationQuantizer, Client, Config, ServerError
 
-SERVER = os.environ.get("AXEQ_SERVER_BIN", "build/server/axeq-server")
-CLI = os.environ.get("AXEQ_CLI_BIN", "build/client/axeq")
+SERVER = os.environ.get("AXEQ_SERVER_BIN", os.path.join(os.environ.get("AXEQ_BUILD_DIR", "build"), "server", "axeq-server"))
+CLI = os.environ.get("AXEQ_CLI_BIN", os.path.join(os.environ.get("AXEQ_BUILD_DIR", "build"), "client", "axeq"))
 
 
 def random_layer(rng, c=48, k=80, d=300):
