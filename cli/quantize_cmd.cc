@@ -17,7 +17,7 @@ namespace {
 struct QuantizeFlags {
   std::string model, calibration, out, algorithm = "optq", variant = "axe", alphabet = "narrow",
                                        precision = "float32", optq_error = "original",
-                                       act_range = "mse", layers;
+                                       act_range = "auto", layers;
   int weight_bits = 4, act_bits = 8, acc_bits = 32, tile = 0, group = 0, block = 128, threads = 0;
   bool no_axe = false, signed_inputs = false, json = false, quiet = false, no_act_order = false,
        no_bias_correction = false, twos = false, no_report = false;
@@ -51,8 +51,10 @@ void AddFlags(CLI::App* q, QuantizeFlags* f) {
               "signed symmetric activations instead of unsigned with zero-point");
   q->add_option(
        "--act-range", f->act_range,
-       "mse|minmax|percentile: per-tensor activation range (mse: the clipping range with the least "
-       "input quantization error)")
+       "auto|output|mse|minmax|percentile: per-tensor activation range. auto: quantizes the layer "
+       "with the output, minmax and percentile ranges and keeps the least output error (up to 3x "
+       "the work); output: the clipping range with the least output error of the float layer; "
+       "mse: the least quantization error of the inputs themselves")
       ->capture_default_str();
   q->add_option("--act-percentile-low", f->pct_low,
                 "low percentile (percentile, and mse's candidate)")
@@ -89,8 +91,9 @@ absl::StatusOr<JobOptions> ToJobOptions(const QuantizeFlags& f) {
         ParseChoice(f.alphabet, {{"narrow", 0}, {"full", 1}}, "--alphabet", &alpha),
         ParseChoice(f.precision, {{"float32", 0}, {"float64", 1}}, "--precision", &prec),
         ParseChoice(f.optq_error, {{"original", 0}, {"constrained", 1}}, "--optq-error", &form),
-        ParseChoice(f.act_range, {{"minmax", 0}, {"percentile", 1}, {"mse", 2}}, "--act-range",
-                    &range)})
+        ParseChoice(f.act_range,
+                    {{"minmax", 0}, {"percentile", 1}, {"mse", 2}, {"output", 3}, {"auto", 4}},
+                    "--act-range", &range)})
     if (!s.ok()) return s;
   lo.algorithm = alg ? Algorithm::kGpfq : Algorithm::kOptq;
   lo.method = var == 3 ? Method::kEpInit : var == 4 ? Method::kNaive : Method::kAxe;

@@ -93,6 +93,26 @@ class RemoteEngine : public Engine {
   int concurrency_;
 };
 
+// Runs t, then t with each alternative activation range, keeping the least relative output error.
+absl::StatusOr<QuantizedLayer> RunWithAlternatives(
+    Engine* engine, LayerTask& t, const std::function<void(double, const std::string&)>& progress) {
+  const size_t n = 1 + t.alternatives.size();
+  absl::StatusOr<QuantizedLayer> best = absl::UnknownError("not run");
+  for (size_t i = 0; i < n; ++i) {
+    if (i > 0) {
+      t.activations = t.alternatives[i - 1];
+      t.xq = t.activations.Apply(t.x);
+    }
+    auto r = engine->Run(t, [&](double f, const std::string& phase) {
+      if (progress) progress((static_cast<double>(i) + f) / static_cast<double>(n), phase);
+    });
+    if (!r.ok()) return r.status();
+    const double e = r->report.relative_error;
+    if (i == 0 || (e < best->report.relative_error)) best = std::move(r);
+  }
+  return best;
+}
+
 }  // namespace
 
 std::unique_ptr<Engine> MakeEmbeddedEngine(int threads) {
@@ -147,9 +167,12 @@ absl::StatusOr<std::vector<QuantizedLayer>> RunQuantizeJob(const SafetensorsFile
       AXEQ_ASSIGN_OR_RETURN(t.xq, Get(calibration, name + ".quant_inputs", "calibration"));
       AXEQ_ASSIGN_OR_RETURN(t.activations, CalibrateActivations(t.xq, t.options.inputs, ActivationRange::kMinMax));
     } else {
-      AXEQ_ASSIGN_OR_RETURN(t.activations, CalibrateActivations(t.x, t.options.inputs,
-                                                                options.activation_calibration));
+      std::vector<ActivationQuantizer> ranges;
+      AXEQ_ASSIGN_OR_RETURN(ranges, ActivationCandidates(t.x, t.options.inputs,
+                                                         options.activation_calibration, &t.weights));
+      t.activations = ranges.front();
       t.xq = t.activations.Apply(t.x);
+      t.alternatives.assign(ranges.begin() + 1, ranges.end());
     }
   }
   std::vector<absl::StatusOr<QuantizedLayer>> results(names.size(), absl::UnknownError("not run"));
@@ -163,7 +186,7 @@ absl::StatusOr<std::vector<QuantizedLayer>> RunQuantizeJob(const SafetensorsFile
                    phase.empty() ? names[li] : absl::StrCat(names[li], " (", phase, ")"),
                    std::min(f, 0.999));
       };
-      results[li] = engine->Run(tasks[li], cb);
+      results[li] = RunWithAlternatives(engine, tasks[li], cb);
       if (!results[li].ok()) {
         failed = true;
       } else if (progress) {

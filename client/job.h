@@ -18,7 +18,7 @@ namespace axeq {
 
 struct JobOptions {
   LayerOptions layer;
-  ActivationCalibration activation_calibration;
+  ActivationCalibration activation_calibration{ActivationRange::kAuto};
   std::vector<std::string> layers;  // empty = every "<name>.weight" in the model file
   int threads = 0;                  // 0 = hardware threads
 };
@@ -36,6 +36,9 @@ struct LayerTask {
   MatrixXf x, xq;
   ActivationQuantizer activations;
   LayerOptions options;
+  // Further activation ranges to try end to end (ActivationRange::kAuto): the runner keeps the
+  // result with the least report.relative_error (the first on ties or when it is NaN).
+  std::vector<ActivationQuantizer> alternatives;
 };
 
 // The CLI's two engines behind one interface: in-process (core/) and remote (axeq-server).

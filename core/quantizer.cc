@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
 
 namespace axeq {
 
@@ -107,6 +108,8 @@ const char* ActivationRangeName(ActivationRange r) {
     case ActivationRange::kMinMax: return "minmax";
     case ActivationRange::kPercentile: return "percentile";
     case ActivationRange::kMse: return "mse";
+    case ActivationRange::kOutput: return "output";
+    case ActivationRange::kAuto: return "auto";
   }
   return "unknown";
 }
@@ -177,17 +180,77 @@ double Percentile(std::vector<float>& v, double p) {
   return static_cast<float>(a + (pos - static_cast<double>(i)) * (b - a));
 }
 
+
+// Output error of `q` on the sampled rows xs: sum over rows of ||(x - q(x)) W^T||^2 in double;
+// through G = W^T W (gram, K x K) when W has more rows than columns.
+double OutputError(const MatrixXf& xs, const MatrixXf& w, const MatrixXf* gram,
+                   const ActivationQuantizer& q) {
+  const MatrixXf e = xs - q.Apply(xs);
+  const MatrixXf y = gram ? MatrixXf(e * *gram) : MatrixXf(e * w.transpose());
+  double sum = 0;
+  if (gram) {
+    for (int64_t r = 0; r < e.rows(); ++r) sum += e.row(r).cast<double>().dot(y.row(r).cast<double>());
+  } else {
+    for (int64_t r = 0; r < y.rows(); ++r) sum += y.row(r).cast<double>().squaredNorm();
+  }
+  return sum;
+}
+
+// kOutput (see quantizer.h): scores a shortlist of the kMse candidates by output error.
+ActivationQuantizer OutputErrorSearch(const Eigen::Ref<const MatrixXf>& x, const MatrixXf& w,
+                                      const std::vector<ActivationQuantizer>& cand,
+                                      const std::vector<double>& input_err) {
+  const int64_t stride = (x.rows() + kOutputMaxRows - 1) / kOutputMaxRows;
+  MatrixXf xs((x.rows() + stride - 1) / stride, x.cols());
+  for (int64_t r = 0; r < xs.rows(); ++r) xs.row(r) = x.row(r * stride);
+  MatrixXf gram;
+  if (w.rows() > w.cols()) gram = w.transpose() * w;
+  const MatrixXf* g = w.rows() > w.cols() ? &gram : nullptr;
+  const int grid = static_cast<int>(cand.size()) - 1;  // the percentile candidate is last
+  std::vector<double> err(cand.size(), -1.0);
+  auto score = [&](int i) {
+    if (i >= 0 && i < static_cast<int>(cand.size()) && err[i] < 0) err[i] = OutputError(xs, w, g, cand[i]);
+  };
+  for (int i = 0; i < grid; i += kOutputCoarseStep) score(i);
+  score(grid - 1);  // min/max
+  score(grid);      // percentile
+  std::vector<int> order(cand.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return input_err[a] < input_err[b]; });
+  for (int i = 0; i < kOutputInputFinalists; ++i) score(order[i]);
+  auto argmin = [&] {
+    int b = -1;
+    for (int i = 0; i <= grid; ++i)
+      if (err[i] >= 0 && (b < 0 || err[i] < err[b])) b = i;
+    return b;
+  };
+  for (int step : {5, 3, 2, 1}) {  // local pattern search around the best grid point
+    const int b = argmin();
+    if (b < grid) score(b - step), score(b + step);
+  }
+  return cand[argmin()];
+}
 }  // namespace
 
 absl::StatusOr<ActivationQuantizer> CalibrateActivations(const Eigen::Ref<const MatrixXf>& x,
                                                          const InputSpec& spec,
-                                                         const ActivationCalibration& cal) {
+                                                         const ActivationCalibration& cal,
+                                                         const MatrixXf* weights) {
   if (x.size() == 0) return absl::InvalidArgumentError("calibration inputs are empty");
   if (auto s = CheckFinite(x, "calibration inputs"); !s.ok()) return s;
   if (!(cal.low_percentile >= 0 && cal.low_percentile < cal.high_percentile &&
         cal.high_percentile <= 100)) {
     return absl::InvalidArgumentError(absl::StrCat("activation percentiles must satisfy 0 <= low < high <= 100, got ",
                                                    cal.low_percentile, " / ", cal.high_percentile));
+  }
+  if (cal.method == ActivationRange::kOutput || cal.method == ActivationRange::kAuto) {
+    if (weights == nullptr)
+      return absl::InvalidArgumentError("the output-error activation range needs the layer's weights");
+    if (weights->cols() != x.cols() || weights->size() == 0)
+      return absl::InvalidArgumentError(absl::StrCat("the output-error activation range needs weights with K = ",
+                                                     x.cols(), " columns, got ", weights->rows(), " x ",
+                                                     weights->cols()));
+    if (auto s = CheckFinite(*weights, "weights"); !s.ok()) return s;
   }
   std::vector<float> v;  // all values, row-major
   v.reserve(x.size());
@@ -197,7 +260,7 @@ absl::StatusOr<ActivationQuantizer> CalibrateActivations(const Eigen::Ref<const 
   const double lo = *mn, hi = *mx;
   if (cal.method == ActivationRange::kMinMax) return QuantizerForRange(lo, hi, spec);
   std::vector<float> sample;  // kMse scores these (before v is reordered by the percentiles)
-  if (cal.method == ActivationRange::kMse) {
+  if (cal.method != ActivationRange::kPercentile) {
     const int64_t n = static_cast<int64_t>(v.size());
     const int64_t stride = (n + kMseMaxValues - 1) / kMseMaxValues;
     sample.reserve((n + stride - 1) / stride);
@@ -206,17 +269,40 @@ absl::StatusOr<ActivationQuantizer> CalibrateActivations(const Eigen::Ref<const 
   const double p_lo = Percentile(v, cal.low_percentile), p_hi = Percentile(v, cal.high_percentile);
   const ActivationQuantizer pct = QuantizerForRange(p_lo, p_hi, spec);
   if (cal.method == ActivationRange::kPercentile) return pct;
-  const int64_t n = static_cast<int64_t>(sample.size());
   constexpr int kSteps = 100;
-  ActivationQuantizer best = pct;
-  double best_err = 0;
-  for (int i = 0; i <= kSteps; ++i) {  // i < kSteps: multiplier a_i of the min/max range
+  std::vector<ActivationQuantizer> cand;  // grid a_0..a_99 (a_99 = 1: min/max), then percentile
+  cand.reserve(kSteps + 1);
+  for (int i = 0; i < kSteps; ++i) {
     const double a = i == kSteps - 1 ? 1.0 : 0.3 + static_cast<double>(i) * ((1.0 - 0.3) / (kSteps - 1));
-    const ActivationQuantizer q = i < kSteps ? QuantizerForRange(a * lo, a * hi, spec) : pct;
-    const double err = q.MeanSquaredError(sample.data(), n);
-    if (i == 0 || err < best_err) best = q, best_err = err;
+    cand.push_back(QuantizerForRange(a * lo, a * hi, spec));
   }
-  return best;
+  cand.push_back(pct);
+  std::vector<double> input_err(cand.size());
+  for (size_t i = 0; i < cand.size(); ++i)
+    input_err[i] = cand[i].MeanSquaredError(sample.data(), static_cast<int64_t>(sample.size()));
+  size_t best = 0;
+  for (size_t i = 1; i < cand.size(); ++i)
+    if (input_err[i] < input_err[best]) best = i;
+  if (cal.method == ActivationRange::kMse) return cand[best];
+  return OutputErrorSearch(x, *weights, cand, input_err);
+}
+
+absl::StatusOr<std::vector<ActivationQuantizer>> ActivationCandidates(
+    const Eigen::Ref<const MatrixXf>& x, const InputSpec& spec, const ActivationCalibration& cal,
+    const MatrixXf* weights) {
+  std::vector<ActivationQuantizer> out;
+  AXEQ_ASSIGN_OR_RETURN(ActivationQuantizer first, CalibrateActivations(x, spec, cal, weights));
+  out.push_back(first);
+  if (cal.method != ActivationRange::kAuto) return out;
+  for (ActivationRange m : {ActivationRange::kMinMax, ActivationRange::kPercentile}) {
+    ActivationCalibration c = cal;
+    c.method = m;
+    AXEQ_ASSIGN_OR_RETURN(ActivationQuantizer q, CalibrateActivations(x, spec, c, weights));
+    bool seen = false;
+    for (const ActivationQuantizer& o : out) seen |= o.scale == q.scale && o.zero_point == q.zero_point;
+    if (!seen) out.push_back(q);
+  }
+  return out;
 }
 
 }  // namespace axeq

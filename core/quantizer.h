@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "Eigen/Core"
 #include "absl/status/statusor.h"
@@ -66,9 +67,24 @@ MatrixXf Dequantize(const Eigen::Ref<const MatrixXi8>& codes,
 //              x_flat[0 :: ceil(n / kMseMaxValues)] (row-major), deterministic; min/max and the
 //              percentiles always use all of x. The Python helper (axeq.config) must run the
 //              same search so that the CLI and Python pipelines choose the same range.
+//  kOutput     the candidate of kMse with the smallest error of the layer's OUTPUT with its float
+//              weights W [C, K]: sum over rows x of ||(x - Apply(x)) W^T||^2 (via G = W^T W when
+//              C > K), in double, on at most kOutputMaxRows rows (x.row(r * stride), stride =
+//              ceil(rows / kOutputMaxRows)). Scored: the grid points i = 0, 10, ..., 90, 99
+//              (min/max), the percentile range, the kOutputInputFinalists best by input MSE (so the
+//              kMse choice is always among them), then a pattern search around the best grid point
+//              (+-5, +-3, +-2, +-1); the smallest output error wins, the lowest index on ties. Never
+//              worse in output error than kMinMax, kPercentile or kMse on the rows it scores.
+//              Needs the weights (CalibrateActivations' `weights`).
+//  kAuto       end to end: the layer is quantized with each distinct range of ActivationCandidates
+//              (kOutput's, kMinMax's, kPercentile's) and the result with the least relative output
+//              error on the calibration rows (QualityReport::relative_error) is kept. The job
+//              runner does that (client/job.h); CalibrateActivations returns kOutput's range.
+//              Never worse than min/max or percentile in the layer's actual output error on the
+//              calibration rows, at up to 3x the quantization work.
 // In every case a range [lo, hi] becomes lo' = min(lo, 0), hi' = max(hi, 0) for unsigned inputs
 // and the symmetric [-m, m], m = max(|lo|, |hi|), for signed ones (QuantizerForRange).
-enum class ActivationRange { kMinMax, kPercentile, kMse };
+enum class ActivationRange { kMinMax, kPercentile, kMse, kOutput, kAuto };
 const char* ActivationRangeName(ActivationRange r);
 
 struct ActivationCalibration {
@@ -87,6 +103,10 @@ struct ActivationCalibration {
 
 // kMse scores at most this many values (a fixed-stride subsample beyond it).
 inline constexpr int64_t kMseMaxValues = int64_t{1} << 20;
+// kOutput: rows scored, grid stride of the coarse pass, input-MSE finalists.
+inline constexpr int64_t kOutputMaxRows = 512;
+inline constexpr int kOutputCoarseStep = 10;
+inline constexpr int kOutputInputFinalists = 4;
 
 // The activation quantizer the codes assume: x~ = scale * (code - zero_point), code in
 // [min_code, max_code] of `spec`. For signed inputs zero_point is 0 (symmetric).
@@ -108,12 +128,21 @@ struct ActivationQuantizer {
 // non-finite or sub-float range gives scale 1.
 ActivationQuantizer QuantizerForRange(double lo, double hi, const InputSpec& spec);
 
-// Fits a per-tensor quantizer to X (rows are samples) with cal's range method (default kMse).
-// INVALID_ARGUMENT on empty or non-finite X or percentiles outside 0 <= low < high <= 100.
-// Deterministic.
+// Fits a per-tensor quantizer to X (rows are samples) with cal's range method (default kMse;
+// kOutput needs the layer's float weights [C, K], the rest ignore them). INVALID_ARGUMENT on empty
+// or non-finite X (or weights), missing or mis-shaped weights for kOutput, or percentiles outside
+// 0 <= low < high <= 100. Deterministic.
 absl::StatusOr<ActivationQuantizer> CalibrateActivations(const Eigen::Ref<const MatrixXf>& x,
                                                          const InputSpec& spec,
-                                                         const ActivationCalibration& cal);
+                                                         const ActivationCalibration& cal,
+                                                         const MatrixXf* weights = nullptr);
+
+// The ranges kAuto tries, in order: kOutput's, then kMinMax's and kPercentile's when they differ
+// from every earlier one (same scale and zero-point). For other methods, the one range of
+// CalibrateActivations.
+absl::StatusOr<std::vector<ActivationQuantizer>> ActivationCandidates(
+    const Eigen::Ref<const MatrixXf>& x, const InputSpec& spec, const ActivationCalibration& cal,
+    const MatrixXf* weights);
 
 // Returns INVALID_ARGUMENT naming the count and first position of NaN/Inf values in `m`.
 absl::Status CheckFinite(const Eigen::Ref<const MatrixXf>& m, const char* name);

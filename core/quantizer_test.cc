@@ -15,6 +15,8 @@
 namespace axeq {
 namespace {
 
+using testing::HeavyTailed;
+
 TEST(WeightQuantizer, ScalesAndGrid) {
   MatrixXf w(2, 4);
   w << 0.875f, -0.4375f, 0.125f, 0.0f, 0, 0, 0, 0;  // scale 0.125, exact
@@ -74,21 +76,6 @@ TEST(ActivationQuantizer, UnsignedHoldsZeroAndPercentilesClip) {
   EXPECT_NEAR(s->scale, 100.0f / 127.0f, 1e-5);
 }
 
-// The golden tests' calibration recipe (tests/golden_test.cc): channel i scaled by exp(0.8 z_i),
-// 8 outlier channels x 12; `tail` > 0 adds Student-t(3) noise for heavier tails.
-MatrixXf HeavyTailed(int64_t k, int64_t d, uint64_t seed, bool tail) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> n;
-  std::student_t_distribution<float> t(3.0f);
-  Eigen::VectorXf s(k);
-  for (int64_t i = 0; i < k; ++i) s(i) = std::exp(0.8f * n(rng));
-  for (int j = 0; j < 8; ++j) s(rng() % k) *= 12.0f;
-  MatrixXf x(d, k);
-  for (int64_t r = 0; r < d; ++r)
-    for (int64_t i = 0; i < k; ++i) x(r, i) = s(i) * (tail ? t(rng) : n(rng));
-  return x;
-}
-
 double InputMse(const MatrixXf& x, const ActivationQuantizer& q) {
   return (x - q.Apply(x)).cast<double>().squaredNorm() / static_cast<double>(x.size());
 }
@@ -137,6 +124,82 @@ TEST(ActivationRangeSearch, NeverWorseThanMinMaxOrPercentileAndEqualsItsTwin) {
         EXPECT_EQ(again->zero_point, mse->zero_point);
       }
   EXPECT_GT(clipped, 0) << "heavy tails: the search should clip the min/max range somewhere";
+}
+
+// ||(x - q(x)) W^T||^2 over all rows, in double: the output error kOutput minimizes, written plainly.
+double OutputErr(const MatrixXf& x, const MatrixXf& w, const ActivationQuantizer& q) {
+  return ((x - q.Apply(x)).cast<double>() * w.cast<double>().transpose()).squaredNorm();
+}
+
+TEST(ActivationRangeSearch, OutputErrorNeverWorseThanTheOtherRulesAndNearTheExhaustiveBest) {
+  const uint64_t seed = testing::TestSeed(37);
+  std::mt19937_64 rng(seed);
+  int differs_from_mse = 0;
+  for (bool is_signed : {false, true})
+    for (int64_t c : {96, 384}) {  // C < K (direct) and C > K (through W^T W)
+      const int64_t k = 192;
+      MatrixXf x = HeavyTailed(k, 300, seed + c + is_signed, true);
+      if (!is_signed) x = x.cwiseMax(-0.17f);
+      MatrixXf w = MatrixXf::Random(c, k);
+      for (int j = 0; j < 6; ++j) w.col(rng() % k) *= 8.0f;  // channels the output weighs heavily
+      InputSpec in;
+      in.is_signed = is_signed;
+      auto out = CalibrateActivations(x, in, ActivationRange::kOutput, &w);
+      ASSERT_TRUE(out.ok()) << out.status();
+      const double e = OutputErr(x, w, *out);
+      const std::string what = absl::StrCat("signed=", is_signed, " C=", c);
+      double exhaustive = std::numeric_limits<double>::infinity();
+      for (ActivationRange m : {ActivationRange::kMinMax, ActivationRange::kPercentile, ActivationRange::kMse}) {
+        auto q = CalibrateActivations(x, in, m);
+        ASSERT_TRUE(q.ok());
+        EXPECT_LE(e, OutputErr(x, w, *q) * (1 + 1e-6)) << what << " vs " << ActivationRangeName(m);
+        if (m == ActivationRange::kMse) differs_from_mse += q->scale != out->scale;
+      }
+      const double lo = x.minCoeff(), hi = x.maxCoeff();
+      for (int i = 0; i < 100; ++i) {
+        const double a = i == 99 ? 1.0 : 0.3 + i * (0.7 / 99);
+        exhaustive = std::min(exhaustive, OutputErr(x, w, QuantizerForRange(a * lo, a * hi, in)));
+      }
+      EXPECT_LE(e, exhaustive * 1.01) << what << ": the shortlist missed the grid's best by > 1%";
+      auto again = CalibrateActivations(x, in, ActivationRange::kOutput, &w);
+      EXPECT_EQ(again->scale, out->scale);
+      EXPECT_EQ(again->zero_point, out->zero_point);
+    }
+  EXPECT_GT(differs_from_mse, 0) << "weighted channels should move the choice away from input MSE";
+}
+
+TEST(ActivationRangeSearch, OutputErrorNeedsWeightsOfTheRightWidth) {
+  const MatrixXf x = HeavyTailed(16, 32, 3, true);
+  EXPECT_EQ(CalibrateActivations(x, InputSpec{}, ActivationRange::kOutput).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  const MatrixXf narrow = MatrixXf::Ones(4, 15);
+  auto bad = CalibrateActivations(x, InputSpec{}, ActivationRange::kAuto, &narrow);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("K = 16"), std::string::npos) << bad.status();
+  MatrixXf nan = MatrixXf::Ones(4, 16);
+  nan(1, 2) = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_EQ(CalibrateActivations(x, InputSpec{}, ActivationRange::kOutput, &nan).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ActivationRangeSearch, AutoCandidatesAreOutputThenDistinctMinMaxAndPercentile) {
+  const MatrixXf x = HeavyTailed(64, 128, 9, true);
+  const MatrixXf w = MatrixXf::Random(32, 64);
+  auto c = ActivationCandidates(x, InputSpec{}, ActivationRange::kAuto, &w);
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto out = CalibrateActivations(x, InputSpec{}, ActivationRange::kOutput, &w);
+  ASSERT_EQ(c->size(), 3u) << "heavy tails: output, min/max and percentile ranges all differ";
+  EXPECT_EQ((*c)[0].scale, out->scale);
+  for (size_t i = 0; i < c->size(); ++i)
+    for (size_t j = 0; j < i; ++j)
+      EXPECT_FALSE((*c)[i].scale == (*c)[j].scale && (*c)[i].zero_point == (*c)[j].zero_point);
+  // Percentiles equal to min/max (0 and 100): one fewer candidate.
+  ActivationCalibration cal(ActivationRange::kAuto);
+  cal.low_percentile = 0, cal.high_percentile = 100;
+  auto fewer = ActivationCandidates(x, InputSpec{}, cal, &w);
+  ASSERT_TRUE(fewer.ok());
+  EXPECT_EQ(fewer->size(), 2u);
+  EXPECT_EQ(ActivationCandidates(x, InputSpec{}, ActivationRange::kMinMax, nullptr)->size(), 1u);
 }
 
 TEST(ActivationRangeSearch, LargeInputsAreScoredOnAFixedStrideSubsample) {

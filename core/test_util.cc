@@ -65,4 +65,17 @@ RandomLayer MakeExactLayer(std::mt19937_64& rng, int64_t c, int64_t k, int64_t d
   l.act.zero_point = 0;
   return l;
 }
+MatrixXf HeavyTailed(int64_t k, int64_t d, uint64_t seed, bool tail) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> n;
+  std::student_t_distribution<float> t(3.0f);
+  Eigen::VectorXf s(k);
+  for (int64_t i = 0; i < k; ++i) s(i) = std::exp(0.8f * n(rng));
+  for (int j = 0; j < 8; ++j) s(rng() % k) *= 12.0f;
+  MatrixXf x(d, k);
+  for (int64_t r = 0; r < d; ++r)
+    for (int64_t i = 0; i < k; ++i) x(r, i) = s(i) * (tail ? t(rng) : n(rng));
+  return x;
+}
+
 }  // namespace axeq::testing

@@ -26,6 +26,11 @@ RandomLayer MakeRandomLayer(std::mt19937_64& rng, int64_t c, int64_t k, int64_t 
 // Returns exact (double-accumulated) statistics of the layer's samples.
 LayerStats StatsOf(const RandomLayer& layer);
 
+// The golden tests' calibration recipe (tests/golden_test.cc, bench/fidelity.cc): [d, k] inputs,
+// channel i scaled by exp(0.8 z_i), 8 outlier channels x 12; values scale * N(0, 1), or scale *
+// Student-t(3) with `tail` (heavy tails).
+MatrixXf HeavyTailed(int64_t k, int64_t d, uint64_t seed, bool tail);
+
 }  // namespace axeq::testing
 
 #endif  // AXEQ_CORE_TEST_UTIL_H_
