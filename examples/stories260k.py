@@ -26,6 +26,7 @@ import torch  # noqa: E402
 
 from axeq import Client, Config  # noqa: E402
 from axeq.llama import Tokenizer, fidelity, greedy, load_llama2c, log_probs, perplexity, sample  # noqa: E402
+from axeq.memo import keep_freed_memory  # noqa: E402
 from axeq.pipeline import quantize_model  # noqa: E402
 
 # T = 32 for both K = 64 (attention, w1, w3) and K = 172 (w2): a power of two that splits every
@@ -112,9 +113,13 @@ def main(argv=None):
     ap.add_argument("--only", help="run only these configurations: exact names separated by |")
     ap.add_argument("--out", help="write the markdown table here")
     ap.add_argument("--json", help="write one JSON object per row here")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="PyTorch threads (default 1: this model's kernels are too small to share, and the "
+                         "server needs the other core; docs/pipeline-benchmarks.md)")
     a = ap.parse_args(argv)
     torch.manual_seed(0)
-    torch.set_num_threads(2)  # perplexities depend on the summation order: fixed for reproducibility
+    torch.set_num_threads(a.threads)  # fixed, so that every figure is reproducible
+    keep_freed_memory()  # the pipeline's passes reuse freed buffers instead of faulting in new pages
     ckpt = os.path.join(a.data, "stories260K", "stories260K.bin")
     if not os.path.exists(ckpt):
         ckpt = os.path.join(ROOT, "examples", "data", "stories260K.bin")
@@ -198,7 +203,7 @@ def write_markdown(a, rows, nb):
     with open(a.out, "w") as f:
         f.write("# stories260K quantized through axeq-server\n\n")
         f.write(f"Produced by `/usr/bin/python3 examples/stories260k.py --out {a.out}` ({time.strftime('%Y-%m-%d')}, "
-                "2 PyTorch threads, one local axeq-server).\n\n")
+                f"{a.threads} PyTorch thread(s), one local axeq-server).\n\n")
         f.write(METHOD.format(nb=nb, seq=a.seq, tile=TILE, growth=TILE_OUTER_GROWTH, act_range=a.act_range,
                               upload=a.upload, **a.held))
         f.write("\n| configuration | WikiText-2 ppl | KL to float | top-1 agree | ppl ratio | weight sparsity "

@@ -35,10 +35,39 @@ def _causal(t, device):
     return _MASKS[key]
 
 
+ATTENTION_CHUNK_BYTES = 16 << 20
+
+
+def attend(q, k, v, mask, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale, mask -> -inf) @ v over the last two dimensions, the leading one (the
+    sequences) a few at a time, so that the [.., t, t] scores of one step stay within
+    ATTENTION_CHUNK_BYTES: below glibc's mmap threshold (32 MiB) a freed buffer is reused, above it
+    every call maps fresh pages, and page faults cost more than the arithmetic on small models.
+    Exact: each sequence is computed as if it were alone (same kernels, same order)."""
+    per_seq = q[:1].numel() // q.shape[-1] * k.shape[-2] * q.element_size()
+    step = max(1, ATTENTION_CHUNK_BYTES // per_seq)
+    parts = []
+    for i in range(0, q.shape[0], step):
+        att = (q[i:i + step] @ k[i:i + step].transpose(-1, -2)) * scale
+        att.masked_fill_(mask, float("-inf"))
+        parts.append(F.softmax(att, dim=-1) @ v[i:i + step])
+        del att
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+class CausalAttention(nn.Module):
+    """The parameter-free core of attention, a module of its own so that the pipeline's memo
+    (axeq.memo) can reuse it when the projections feeding it did not change."""
+
+    def forward(self, q, k, v):
+        return attend(q, k, v, _causal(q.shape[-2], q.device), 1.0 / math.sqrt(q.shape[-1]))
+
+
 class Attention(nn.Module):
     def __init__(self, dim, n_heads, n_kv_heads):
         super().__init__()
         self.n_heads, self.n_kv, self.hd = n_heads, n_kv_heads, dim // n_heads
+        self.core = CausalAttention()
         self.wq = nn.Linear(dim, dim, bias=False)
         self.wk = nn.Linear(dim, n_kv_heads * self.hd, bias=False)
         self.wv = nn.Linear(dim, n_kv_heads * self.hd, bias=False)
@@ -61,9 +90,7 @@ class Attention(nn.Module):
         # share kv head h (as repeat_interleave would pair them).
         q = q.view(b, t, self.n_kv, rep, self.hd).permute(0, 2, 3, 1, 4)  # [b, kv, rep, t, hd]
         k, v = k.permute(0, 2, 1, 3)[:, :, None], v.permute(0, 2, 1, 3)[:, :, None]
-        att = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(self.hd))
-        att.masked_fill_(_causal(t, x.device), float("-inf"))
-        out = F.softmax(att, dim=-1) @ v  # [b, kv, rep, t, hd]
+        out = self.core(q, k, v)  # [b, kv, rep, t, hd]
         return self.wo(out.permute(0, 3, 1, 2, 4).reshape(b, t, -1))
 
 

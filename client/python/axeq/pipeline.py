@@ -13,6 +13,7 @@ model once, one float copy of the current block and one block's activations. Smo
 returned per layer."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import sys
@@ -25,6 +26,7 @@ from .blocks import (ActivationHook, capture_block_inputs, find_blocks, hidden, 
                      fold_smoothing, layer_inputs, linear_groups, merge_stream, smoothing_scales, statistics)
 from .client import Client, LayerResult
 from .config import ActivationQuantizer, Config
+from .memo import BlockMemo
 
 
 def data_type_bound(k: int, m: int, n: int, signed: bool) -> int:
@@ -45,6 +47,9 @@ def naive_bit_widths(k: int, m: int, n: int, signed: bool, p: int):
     if best is None:
         raise ValueError(f"no W/A bit widths reach P={p} for K={k}")
     return best[1], best[2]
+
+
+MEMO_STREAM_COPIES = 12  # default budget of BlockMemo per stream, in copies of the stream's hidden states
 
 
 class QuantizedModel(dict):
@@ -166,14 +171,19 @@ class _Run:
             if isinstance(m, torch.nn.Linear):
                 install_activation_hook(m, None)
         fblock = copy.deepcopy(block) if fstream is not None else None  # this block's float weights
+        groups = groups or linear_groups(block, qstream)
         t0 = self.tick("forward", t0)
-        for names in groups or linear_groups(block, qstream):
-            self.group(prefix, block, fblock, names, qstream, fstream, pairs, progress)
-        t0 = time.time()
-        qstream = [[hidden(block(x, *a, **kw)), a, kw] for x, a, kw in qstream]
-        if fstream is not None:
-            fstream = [[hidden(fblock(x, *a, **kw)), a, kw] for x, a, kw in fstream]
-        self.tick("forward", t0)
+        with contextlib.ExitStack() as memos:
+            for blk in (block, fblock):
+                if blk is not None and self.o["memo_bytes"]:
+                    memos.enter_context(BlockMemo(blk, self.o["memo_bytes"]))
+            for names in groups:
+                self.group(prefix, block, fblock, names, qstream, fstream, pairs, progress)
+            t0 = time.time()
+            qstream = [[hidden(block(x, *a, **kw)), a, kw] for x, a, kw in qstream]
+            if fstream is not None:
+                fstream = [[hidden(fblock(x, *a, **kw)), a, kw] for x, a, kw in fstream]
+            self.tick("forward", t0)
         return qstream, fstream
 
 
@@ -181,7 +191,8 @@ def quantize_model(model, batches, client: Client, config: Config | None = None,
                    groups=None, smooth_pairs=None, smoothquant_alpha: float | None = 0.4,
                    upload: str = "statistics", relative_error: bool = False,
                    dynamic_activations: bool = False, max_concurrency: int = 4,
-                   max_batch_tokens: int = 8192, progress: bool = True) -> QuantizedModel:
+                   max_batch_tokens: int = 8192, memo_bytes: int | None = None,
+                   progress: bool = True) -> QuantizedModel:
     """Quantizes the nn.Linear layers of model's repeated blocks in place, block by block; returns
     {layer name: LayerResult} (codes, scales, certificate) with .timings.
 
@@ -191,7 +202,9 @@ def quantize_model(model, batches, client: Client, config: Config | None = None,
     smooth_pairs: (norm module, [linear names]) for SmoothQuant. upload: "statistics" (K x K,
     computed here in float64) or "rows". relative_error: also compute X^T X so the server reports
     relative errors. max_batch_tokens: calibration batches are merged into forward passes of up
-    to this many tokens (merge_stream; lower it to bound attention's memory). The activation range
+    to this many tokens (merge_stream; lower it to bound attention's memory). memo_bytes: what axeq.memo.BlockMemo may keep per stream to
+    reuse sub-results across the passes over a block (default: MEMO_STREAM_COPIES copies of the
+    stream's hidden states; 0 turns it off; results are the same either way). The activation range
     is fitted by config.act_range on X~. Layers outside
     the blocks (embeddings, classifier) stay float. ValueError on bad options."""
     config = config or Config()
@@ -201,7 +214,8 @@ def quantize_model(model, batches, client: Client, config: Config | None = None,
     model.eval()
     prefix, blocks = find_blocks(model) if blocks is None else (_name_of(model, blocks), blocks)
     run = _Run(client, config, dict(upload=upload, relative_error=relative_error, max_concurrency=max_concurrency,
-                                    dynamic_activations=dynamic_activations, smoothquant_alpha=smoothquant_alpha))
+                                    dynamic_activations=dynamic_activations, smoothquant_alpha=smoothquant_alpha,
+                                    memo_bytes=memo_bytes))
     has_bias = any(m.bias is not None for m in blocks.modules() if isinstance(m, torch.nn.Linear))
     need_float = config.algorithm == "gpfq" or relative_error or (has_bias and config.bias_correction)
     mods = dict(model.named_modules())
@@ -210,6 +224,8 @@ def quantize_model(model, batches, client: Client, config: Config | None = None,
     t0 = time.time()
     qstream = merge_stream(capture_block_inputs(model, blocks[0], batches), max_batch_tokens)
     fstream = [list(s) for s in qstream] if need_float else None
+    if memo_bytes is None:  # room for a few tensors of the stream's size per batch
+        run.o["memo_bytes"] = MEMO_STREAM_COPIES * sum(x.numel() * x.element_size() for x, _, _ in qstream)
     run.tick("capture", t0)
     try:
         for i, block in enumerate(blocks):

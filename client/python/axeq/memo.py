@@ -1,0 +1,133 @@
+"""Reuse of a block's sub-results across the pipeline's passes over it (axeq.pipeline).
+
+Quantizing a block true-sequentially runs the calibration set through it once per layer group
+(each pass stopping at the group's first layer) and once more for its output: the attention of a
+Llama block is computed four times although only its input projections change before the first
+of these passes and its output projection before the second. BlockMemo wraps the forward of every
+submodule of the block that is not an nn.Linear: a call returns the output stored by the previous
+pass over the same calibration batch when nothing it depends on has changed, i.e.
+- the module's parameters and buffers (and those of its submodules) were not modified in place
+  (tensor version counters: SmoothQuant folding, weight write-back) and its forward hooks
+  (activation quantizers) are the same objects, and
+- its arguments are the same tensors, unmodified, or equal ones (torch.equal).
+Outputs a caller modified in place are never reused. The result is exact: a reused output is the
+one the same computation gave. Memory: what is stored, within a byte budget.
+
+keep_freed_memory() is the other half of making these passes cheap where fresh pages are expensive
+(virtual machines): glibc keeps freed heap memory in the process instead of returning it.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for o in obj:
+            yield from _tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _tensors(o)
+
+
+def _versions(obj) -> tuple:
+    return tuple(t._version for t in _tensors(obj))
+
+
+def _same(new, old) -> bool:
+    """Whether argument `new` equals the stored argument `old` (the same unmodified tensor, or an
+    equal one; other values by ==)."""
+    if isinstance(old, torch.Tensor):
+        return (isinstance(new, torch.Tensor) and new.shape == old.shape and new.dtype == old.dtype
+                and new.device == old.device and (new is old or bool(torch.equal(new, old))))
+    if isinstance(old, (tuple, list)):
+        return isinstance(new, (tuple, list)) and len(new) == len(old) and all(map(_same, new, old))
+    if isinstance(old, dict):
+        return isinstance(new, dict) and new.keys() == old.keys() and all(_same(new[k], old[k]) for k in old)
+    return type(new) is type(old) and new == old
+
+
+def _state(module) -> tuple:
+    """What a module's function depends on besides its arguments: its tensors' identities and
+    versions and its hooks."""
+    out = []
+    for m in module.modules():
+        out += [(id(t), t._version) for t in m._parameters.values() if t is not None]
+        out += [(id(t), t._version) for t in m._buffers.values() if t is not None]
+        out += [tuple(map(id, d.values())) for d in (m._forward_pre_hooks, m._forward_hooks)]
+    return tuple(out)
+
+
+class BlockMemo:
+    """Installed on one block for the time of its quantization (a context manager). Entries are
+    kept per calibration batch (the block's first argument); at most max_bytes of tensors are
+    stored (later outputs are then recomputed). hits/misses count the calls."""
+
+    def __init__(self, block: torch.nn.Module, max_bytes: int):
+        self.block, self.max_bytes, self.bytes = block, max_bytes, 0
+        self.entries, self.batch, self.hits, self.misses = {}, None, 0, 0
+        self.wrapped = [m for m in block.modules() if m is not block and not isinstance(m, torch.nn.Linear)
+                        and "forward" not in vars(m)]
+
+    def __enter__(self):
+        outer = self.block.forward
+
+        def block_forward(x, *args, **kwargs):
+            self.batch = id(x)
+            return outer(x, *args, **kwargs)
+
+        self.block.forward = block_forward
+        for m in self.wrapped:
+            m.forward = self._wrap(m, m.forward)
+        return self
+
+    def __exit__(self, *exc):
+        for m in [self.block] + self.wrapped:
+            del m.forward
+        self.entries.clear()
+        self.bytes = 0
+
+    def _wrap(self, module, forward):
+        def memo_forward(*args, **kwargs):
+            key = (id(module), self.batch)
+            e = self.entries.get(key)
+            if (e is not None and e["state"] == _state(module) and _versions(e["kept"]) == e["versions"]
+                    and _same(args, e["args"]) and _same(kwargs, e["kwargs"])):
+                self.hits += 1
+                return e["out"]
+            self.misses += 1
+            out = forward(*args, **kwargs)
+            self._store(key, module, args, kwargs, out, e)
+            return out
+        return memo_forward
+
+    def _store(self, key, module, args, kwargs, out, old):
+        if old is not None:
+            self.bytes -= old["bytes"]
+            del self.entries[key]
+        kept = (args, kwargs, out)
+        size = sum(t.numel() * t.element_size() for t in _tensors(kept))
+        if self.bytes + size > self.max_bytes:
+            return
+        self.bytes += size
+        self.entries[key] = dict(state=_state(module), args=args, kwargs=kwargs, out=out, kept=kept,
+                                 versions=_versions(kept), bytes=size)
+
+
+def keep_freed_memory(trim_bytes: int = 1 << 30) -> bool:
+    """Asks glibc's malloc to keep up to trim_bytes of freed heap in the process rather than return
+    it to the kernel, with the mmap threshold fixed at glibc's maximum (32 MiB) so that buffers below
+    it come from that heap. Every pass over a block frees and reallocates the same buffers; on this
+    project's 2-vCPU VM a fresh page costs ~4 ms per MiB, more than the arithmetic on small models
+    (docs/pipeline-benchmarks.md). Process-wide and lasting, so scripts call it (examples/
+    stories260k.py); the library never does. Returns False where it does not apply (no glibc)."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_trim_threshold, int(trim_bytes))) and bool(mallopt(m_mmap_threshold, 32 << 20))

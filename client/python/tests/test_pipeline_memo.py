@@ -1,0 +1,109 @@
+"""The pipeline's speed-ups are exact (no server: the stand-in client of test_pipeline_blocks):
+- BlockMemo (axeq.memo) reuses sub-results across the passes over a block: quantize_model with it
+  gives bit-identical weights, activation quantizers and logits to quantize_model without it, for
+  Llama (positional arguments, OPTQ: quantized stream only) and GPT-2 (keyword-only mask, biases,
+  GPFQ: float and quantized streams), and it does reuse (hits are counted);
+- an output the caller modified in place, a parameter changed in place and a new hook are never
+  served from the memo;
+- the Llama attention computed a few sequences at a time equals the one-shot computation."""
+import unittest
+from unittest import mock
+
+import numpy as np
+import torch
+
+import test_pipeline  # noqa: F401  (puts the build tree's stubs on sys.path)
+from test_pipeline_blocks import RoundingClient, padded_batches, small_gpt2, small_llama
+from axeq import Config, llama
+from axeq.memo import BlockMemo
+from axeq.pipeline import quantize_model
+
+
+def count_hits():
+    """Patches BlockMemo.__exit__ to sum the hits of every memo; returns (patcher, totals)."""
+    totals = {"hits": 0, "misses": 0}
+    real = BlockMemo.__exit__
+
+    def exit_(self, *exc):
+        totals["hits"] += self.hits
+        totals["misses"] += self.misses
+        return real(self, *exc)
+    return mock.patch.object(BlockMemo, "__exit__", exit_), totals
+
+
+class Doubler(torch.nn.Module):
+    """A block that modifies its submodule's output in place."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = torch.nn.Sequential(torch.nn.LayerNorm(4))
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.inner(x)
+        h.mul_(2.0)
+        return self.lin(h)
+
+
+class MemoTest(unittest.TestCase):
+    @torch.no_grad()
+    def test_memo_is_exact_and_reuses(self):
+        cases = [(small_llama, [torch.randint(0, 64, (2, 20), generator=torch.Generator().manual_seed(1))
+                                for _ in range(2)], Config(), lambda m: m.smooth_pairs()),
+                 (small_gpt2, padded_batches(seed=4), Config(algorithm="gpfq"), lambda m: m.smooth_pairs())]
+        for make, batches, cfg, pairs in cases:
+            runs = {}
+            for memo in (0, None):
+                m = make()
+                patch, totals = count_hits()
+                with patch:
+                    res = quantize_model(m, batches, RoundingClient(), cfg, smooth_pairs=pairs(m), memo_bytes=memo,
+                                         max_batch_tokens=24, progress=False)
+                b = batches[0]
+                logits = m(**b) if isinstance(b, dict) else m(b)
+                runs[memo] = (res, logits, {n: p.clone() for n, p in m.named_parameters()}, dict(totals))
+            (r0, l0, p0, t0), (r1, l1, p1, t1) = runs[0], runs[None]
+            name = make.__name__
+            self.assertEqual(t0["hits"] + t0["misses"], 0, name)  # memo_bytes=0: no memo at all
+            self.assertGreater(t1["hits"], 0, name)
+            self.assertTrue(torch.equal(l0, l1), name)
+            for n in p0:
+                self.assertTrue(torch.equal(p0[n], p1[n]), (name, n))
+            for n in r0:
+                np.testing.assert_array_equal(r0[n].codes, r1[n].codes, err_msg=n)
+                self.assertEqual(r0[n].activation, r1[n].activation, n)
+
+    @torch.no_grad()
+    def test_changes_are_never_served_from_the_memo(self):
+        torch.manual_seed(0)
+        blk, x = Doubler(), torch.randn(3, 4)
+        with BlockMemo(blk, 1 << 20) as memo:
+            ref = blk(x)
+            self.assertTrue(torch.equal(blk(x), ref))  # the stored output was doubled in place: recomputed
+            self.assertEqual(memo.hits, 0)
+            ln = blk.inner[0]
+            a = ln(x)
+            self.assertIs(ln(x), a)  # nothing changed: reused
+            ln.weight.mul_(3.0)
+            b = ln(x)
+            self.assertTrue(torch.equal(b, torch.nn.functional.layer_norm(x, (4,), ln.weight, ln.bias)))
+            self.assertIs(ln(x), b)
+            h = ln.register_forward_hook(lambda mod, i, o: o + 1)
+            self.assertTrue(torch.equal(ln(x), b + 1))
+            h.remove()
+            self.assertEqual(memo.hits, 2)
+        self.assertNotIn("forward", vars(ln))  # the wrappers are gone
+        self.assertNotIn("forward", vars(blk))
+
+    def test_chunked_attention_equals_one_shot(self):
+        g = torch.Generator().manual_seed(2)
+        q, k, v = (torch.randn(5, 2, 2, 33, 8, generator=g) for _ in range(3))
+        mask = torch.ones(33, 33, dtype=torch.bool).triu(1)
+        whole = llama.attend(q, k[:, :, :1], v[:, :, :1], mask, 0.35)
+        with mock.patch.object(llama, "ATTENTION_CHUNK_BYTES", 2 * 2 * 33 * 33 * 4 * 2):  # 2 sequences a step
+            parts = llama.attend(q, k[:, :, :1], v[:, :, :1], mask, 0.35)
+        self.assertTrue(torch.equal(whole, parts))
+
+
+if __name__ == "__main__":
+    unittest.main()
