@@ -2,8 +2,11 @@
 8 blocks, hidden 2816) quantized block by block through a real server with 32 x 512 calibration
 tokens. The client's peak RSS growth stays within twice the model's size plus one block's
 activations, every layer is certified, and the run prints time, RSS and the share of time spent
-waiting for the server (figures for docs/pipeline-benchmarks.md; never asserted).
-AXEQ_LARGE_SCALE=0.5 halves dim, hidden and tokens for a quicker run."""
+waiting for the server (figures for docs/pipeline-benchmarks.md; never asserted). The RSS baseline
+is taken after a tiny model went through the same client (PyTorch's kernels, the BLAS's buffers
+and gRPC initialised), so that the growth is the pipeline's own.
+AXEQ_LARGE_SCALE=0.5 halves dim, hidden and tokens for a quicker run; AXEQ_LARGE_THREADS sets
+PyTorch's threads (default 1: its own kernels here are element-wise; the BLAS has its threads)."""
 import json
 import os
 import resource
@@ -28,13 +31,9 @@ class LargeModelTest(unittest.TestCase):
         scale = float(os.environ.get("AXEQ_LARGE_SCALE", "1"))
         dim, hidden, blocks = int(1024 * scale), int(2816 * scale), 8
         n, t = max(2, int(32 * scale)), 512
-        torch.set_num_threads(2)
-        base_rss = rss_mb()
-        model = random_llama(dim=dim, n_layers=blocks, hidden_dim=hidden, n_heads=16, n_kv_heads=16,
-                             vocab_size=512, seq_len=t, seed=0)
+        torch.set_num_threads(int(os.environ.get("AXEQ_LARGE_THREADS", "1")))
         g = torch.Generator().manual_seed(1)
         batches = [torch.randint(3, 512, (1, t), generator=g) for _ in range(n)]
-        model_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
         tokens = n * t
         # One block's activations: the float and quantized streams (2 x dim per token) and the
         # inputs of the widest group captured from both streams plus its quantized copy (3 x hidden).
@@ -42,6 +41,14 @@ class LargeModelTest(unittest.TestCase):
         proc, port = start_server("--workers", "2")
         try:
             with Client(f"127.0.0.1:{port}", deadline=3600) as client:
+                tiny = random_llama(dim=64, n_layers=1, hidden_dim=176, n_heads=16, n_kv_heads=16, vocab_size=512,
+                                    seq_len=t, seed=2)
+                quantize_model(tiny, batches[:2], client, Config(accumulator_bits=20), progress=False)
+                del tiny
+                base_rss = rss_mb()
+                model = random_llama(dim=dim, n_layers=blocks, hidden_dim=hidden, n_heads=16, n_kv_heads=16,
+                                     vocab_size=512, seq_len=t, seed=0)
+                model_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
                 t0 = time.time()
                 res = quantize_model(model, batches, client, Config(accumulator_bits=20), max_batch_tokens=2048,
                                      progress=True)

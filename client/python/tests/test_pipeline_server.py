@@ -4,9 +4,12 @@
 - a configuration whose codes equal the base algorithm's gives exactly the base model (bit-equal
   logits), run after other configurations in one process: nothing but the codes changes the model
   (the P_I=15 artefact of docs/results-stories260k.md);
-- GPT-2 blocks (keyword-only attention mask, padded batches, biases) with the real GPT-2 attention
-  weights of ../shared/data/gpt2-attn: every layer quantized and certified, biases corrected on the
-  server from the uploaded means, W8A8 close to float."""
+- (class RealGPT2Test, CTest python_pipeline_server_slow, label slow: its 768- and 3072-wide
+  layers take most of this file's time) GPT-2 blocks (keyword-only attention mask, padded batches,
+  biases) with the real GPT-2 attention weights of ../shared/data/gpt2-attn: every layer quantized
+  and certified, biases corrected on the server from the uploaded means, W8A8 close to float.
+  The fast suite keeps keyword-argument blocks through the pipeline in test_pipeline_blocks and
+  test_pipeline_memo."""
 import os
 import unittest
 
@@ -18,6 +21,7 @@ from axeq import Client, Config
 from axeq.blocks import statistics
 from axeq.gpt2 import GPT2, GPT2Config, load_attention
 from axeq.llama import load_llama2c
+from axeq.memo import keep_freed_memory
 from axeq.pipeline import quantize_model
 
 
@@ -44,10 +48,13 @@ def stories_batches(n=4, t=96, seed=0):
     return [torch.cat([torch.ones(1, 1, dtype=torch.long), torch.randint(3, 512, (1, t), generator=g)], 1) for _ in range(n)]
 
 
-class ServerPipelineTest(unittest.TestCase):
+class ServerCase(unittest.TestCase):
+    """One server (2 workers) and client for the tests of a class."""
+
     @classmethod
     def setUpClass(cls):
-        torch.set_num_threads(2)
+        torch.set_num_threads(1)  # small kernels: one thread, the other core for the server
+        keep_freed_memory()
         cls.proc, port = start_server("--workers", "2")
         cls.client = Client(f"127.0.0.1:{port}", deadline=300)
 
@@ -56,6 +63,8 @@ class ServerPipelineTest(unittest.TestCase):
         cls.client.close()
         stop(cls.proc)
 
+
+class ServerPipelineTest(ServerCase):
     def run_stories(self, cfg, client=None, **kw):
         m = load_llama2c(stories260k_path())
         res = quantize_model(m, stories_batches(), client or self.client, cfg, smooth_pairs=m.smooth_pairs(),
@@ -94,6 +103,9 @@ class ServerPipelineTest(unittest.TestCase):
         self.assertTrue(torch.equal(ref, tiled_model(tokens)))
         self.assertTrue(torch.equal(ref, again_model(tokens)))
 
+
+
+class RealGPT2Test(ServerCase):
     @torch.no_grad()
     def test_gpt2_blocks_with_real_attention_weights(self):
         files = [os.path.join(DATA, "gpt2-attn", f"gpt2_block{b}_attn.safetensors") for b in (0, 11)]
