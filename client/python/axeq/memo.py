@@ -64,20 +64,27 @@ def _state(module) -> tuple:
 
 class BlockMemo:
     """Installed on one block for the time of its quantization (a context manager). Entries are
-    kept per calibration batch (the block's first argument); at most max_bytes of tensors are
-    stored (later outputs are then recomputed). hits/misses count the calls."""
+    kept per calibration batch (the block's first argument). Memory: a module holding a layer in
+    `pending` (not quantized yet: it will change) is not stored; an entry replaces those of the
+    module's descendants (they are not called while it is reused); a stale entry is dropped before
+    its module runs again; tensors are counted once (the block's input, held by the stream, not
+    at all); at most max_bytes are stored. hits/misses count the calls."""
 
     def __init__(self, block: torch.nn.Module, max_bytes: int):
         self.block, self.max_bytes, self.bytes = block, max_bytes, 0
         self.entries, self.batch, self.hits, self.misses = {}, None, 0, 0
+        self.pending, self.held = set(), {}  # data_ptr -> [references, bytes]
         self.wrapped = [m for m in block.modules() if m is not block and not isinstance(m, torch.nn.Linear)
                         and "forward" not in vars(m)]
+        ids = {id(m) for m in self.wrapped}
+        self.inside = {id(m): [id(d) for d in m.modules() if d is not m and id(d) in ids] for m in self.wrapped}
+        self.linears = {id(m): {d for d in m.modules() if isinstance(d, torch.nn.Linear)} for m in self.wrapped}
 
     def __enter__(self):
         outer = self.block.forward
 
         def block_forward(x, *args, **kwargs):
-            self.batch = id(x)
+            self.batch = x
             return outer(x, *args, **kwargs)
 
         self.block.forward = block_forward
@@ -89,33 +96,49 @@ class BlockMemo:
         for m in [self.block] + self.wrapped:
             del m.forward
         self.entries.clear()
-        self.bytes = 0
+        self.held.clear()
+        self.bytes, self.batch = 0, None
 
     def _wrap(self, module, forward):
         def memo_forward(*args, **kwargs):
-            key = (id(module), self.batch)
+            key = (id(module), id(self.batch))
             e = self.entries.get(key)
-            if (e is not None and e["state"] == _state(module) and _versions(e["kept"]) == e["versions"]
-                    and _same(args, e["args"]) and _same(kwargs, e["kwargs"])):
-                self.hits += 1
-                return e["out"]
+            if e is not None:
+                if (e["state"] == _state(module) and _versions(e["kept"]) == e["versions"]
+                        and _same(args, e["args"]) and _same(kwargs, e["kwargs"])):
+                    self.hits += 1
+                    return e["out"]
+                self._drop(key)
             self.misses += 1
             out = forward(*args, **kwargs)
-            self._store(key, module, args, kwargs, out, e)
+            if not self.linears[id(module)] & self.pending:
+                self._store(key, module, args, kwargs, out)
             return out
         return memo_forward
 
-    def _store(self, key, module, args, kwargs, out, old):
-        if old is not None:
-            self.bytes -= old["bytes"]
-            del self.entries[key]
+    def _drop(self, key):
+        for t in _tensors(self.entries.pop(key)["kept"]):
+            h = self.held[t.data_ptr()]
+            h[0] -= 1
+            if not h[0]:
+                self.bytes -= h[1]
+                del self.held[t.data_ptr()]
+
+    def _store(self, key, module, args, kwargs, out):
+        for d in self.inside[id(module)]:
+            if (d, key[1]) in self.entries:
+                self._drop((d, key[1]))
         kept = (args, kwargs, out)
-        size = sum(t.numel() * t.element_size() for t in _tensors(kept))
-        if self.bytes + size > self.max_bytes:
+        new = {t.data_ptr(): t.numel() * t.element_size() for t in _tensors(kept)
+               if t.data_ptr() not in self.held and t is not self.batch}
+        if self.bytes + sum(new.values()) > self.max_bytes:
             return
-        self.bytes += size
+        for t in _tensors(kept):
+            h = self.held.setdefault(t.data_ptr(), [0, new.get(t.data_ptr(), 0)])
+            h[0] += 1
+        self.bytes += sum(new.values())
         self.entries[key] = dict(state=_state(module), args=args, kwargs=kwargs, out=out, kept=kept,
-                                 versions=_versions(kept), bytes=size)
+                                 versions=_versions(kept))
 
 
 def keep_freed_memory(trim_bytes: int = 1 << 30) -> bool:

@@ -49,7 +49,7 @@ def naive_bit_widths(k: int, m: int, n: int, signed: bool, p: int):
     return best[1], best[2]
 
 
-MEMO_STREAM_COPIES = 12  # default budget of BlockMemo per stream, in copies of the stream's hidden states
+MEMO_STREAM_COPIES = 8  # default budget of BlockMemo per stream, in copies of the stream's hidden states
 
 
 class QuantizedModel(dict):
@@ -173,12 +173,16 @@ class _Run:
         fblock = copy.deepcopy(block) if fstream is not None else None  # this block's float weights
         groups = groups or linear_groups(block, qstream)
         t0 = self.tick("forward", t0)
-        with contextlib.ExitStack() as memos:
-            for blk in (block, fblock):
-                if blk is not None and self.o["memo_bytes"]:
-                    memos.enter_context(BlockMemo(blk, self.o["memo_bytes"]))
-            for names in groups:
+        with contextlib.ExitStack() as stack:
+            memos = [stack.enter_context(BlockMemo(b, self.o["memo_bytes"]))
+                     for b in (block, fblock) if b is not None and self.o["memo_bytes"]]
+            for i, names in enumerate(groups):
+                for memo in memos:  # layers that will change: modules holding them are not kept
+                    mods = dict(memo.block.named_modules())
+                    memo.pending = {mods[n] for g in groups[i:] for n in g}
                 self.group(prefix, block, fblock, names, qstream, fstream, pairs, progress)
+            for memo in memos:
+                memo.pending = set()
             t0 = time.time()
             qstream = [[hidden(block(x, *a, **kw)), a, kw] for x, a, kw in qstream]
             if fstream is not None:
