@@ -183,16 +183,14 @@ double Percentile(std::vector<float>& v, double p) {
 
 // Output error of `q` on the sampled rows xs: sum over rows of ||(x - q(x)) W^T||^2 in double;
 // through G = W^T W (gram, K x K) when W has more rows than columns.
-double OutputError(const MatrixXf& xs, const MatrixXf& w, const MatrixXf* gram,
-                   const ActivationQuantizer& q) {
+double OutputError(const MatrixXf& xs, const Eigen::VectorXd& weight, const MatrixXf& w,
+                   const MatrixXf* gram, const ActivationQuantizer& q) {
   const MatrixXf e = xs - q.Apply(xs);
   const MatrixXf y = gram ? MatrixXf(e * *gram) : MatrixXf(e * w.transpose());
   double sum = 0;
-  if (gram) {
-    for (int64_t r = 0; r < e.rows(); ++r) sum += e.row(r).cast<double>().dot(y.row(r).cast<double>());
-  } else {
-    for (int64_t r = 0; r < y.rows(); ++r) sum += y.row(r).cast<double>().squaredNorm();
-  }
+  for (int64_t r = 0; r < e.rows(); ++r)
+    sum += weight(r) * (gram ? e.row(r).cast<double>().dot(y.row(r).cast<double>())
+                             : y.row(r).cast<double>().squaredNorm());
   return sum;
 }
 
@@ -200,16 +198,38 @@ double OutputError(const MatrixXf& xs, const MatrixXf& w, const MatrixXf* gram,
 ActivationQuantizer OutputErrorSearch(const Eigen::Ref<const MatrixXf>& x, const MatrixXf& w,
                                       const std::vector<ActivationQuantizer>& cand,
                                       const std::vector<double>& input_err) {
-  const int64_t stride = (x.rows() + kOutputMaxRows - 1) / kOutputMaxRows;
-  MatrixXf xs((x.rows() + stride - 1) / stride, x.cols());
-  for (int64_t r = 0; r < xs.rows(); ++r) xs.row(r) = x.row(r * stride);
+  // The rows scored: all, or the kOutputTopRows with the largest max|x| (weight 1) and a fixed
+  // stride over the others, each standing for n_rest / n_taken of them.
+  const int64_t n = x.rows();
+  std::vector<int64_t> pick;
+  std::vector<double> weight;
+  if (n <= kOutputMaxRows) {
+    for (int64_t r = 0; r < n; ++r) pick.push_back(r), weight.push_back(1.0);
+  } else {
+    std::vector<float> peak(n);
+    for (int64_t r = 0; r < n; ++r) peak[r] = x.row(r).cwiseAbs().maxCoeff();
+    std::vector<int64_t> order(n);
+    for (int64_t r = 0; r < n; ++r) order[r] = r;
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return peak[a] > peak[b]; });
+    std::vector<char> top(n, 0);
+    for (int64_t i = 0; i < kOutputTopRows; ++i) top[order[i]] = 1, pick.push_back(order[i]), weight.push_back(1.0);
+    const int64_t rest = n - kOutputTopRows, stride = (rest + kOutputMaxRows - kOutputTopRows - 1) /
+                                                          (kOutputMaxRows - kOutputTopRows);
+    std::vector<int64_t> taken;
+    for (int64_t r = 0, j = 0; r < n; ++r)
+      if (!top[r] && j++ % stride == 0) taken.push_back(r);
+    for (int64_t r : taken) pick.push_back(r), weight.push_back(static_cast<double>(rest) / taken.size());
+  }
+  MatrixXf xs(static_cast<int64_t>(pick.size()), x.cols());
+  for (size_t i = 0; i < pick.size(); ++i) xs.row(static_cast<int64_t>(i)) = x.row(pick[i]);
+  const Eigen::VectorXd row_weight = Eigen::Map<const Eigen::VectorXd>(weight.data(), weight.size());
   MatrixXf gram;
   if (w.rows() > w.cols()) gram = w.transpose() * w;
   const MatrixXf* g = w.rows() > w.cols() ? &gram : nullptr;
   const int grid = static_cast<int>(cand.size()) - 1;  // the percentile candidate is last
   std::vector<double> err(cand.size(), -1.0);
   auto score = [&](int i) {
-    if (i >= 0 && i < static_cast<int>(cand.size()) && err[i] < 0) err[i] = OutputError(xs, w, g, cand[i]);
+    if (i >= 0 && i < static_cast<int>(cand.size()) && err[i] < 0) err[i] = OutputError(xs, row_weight, w, g, cand[i]);
   };
   for (int i = 0; i < grid; i += kOutputCoarseStep) score(i);
   score(grid - 1);  // min/max

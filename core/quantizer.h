@@ -69,8 +69,10 @@ MatrixXf Dequantize(const Eigen::Ref<const MatrixXi8>& codes,
 //              same search so that the CLI and Python pipelines choose the same range.
 //  kOutput     the candidate of kMse with the smallest error of the layer's OUTPUT with its float
 //              weights W [C, K]: sum over rows x of ||(x - Apply(x)) W^T||^2 (via G = W^T W when
-//              C > K), in double, on at most kOutputMaxRows rows (x.row(r * stride), stride =
-//              ceil(rows / kOutputMaxRows)). Scored: the grid points i = 0, 10, ..., 90, 99
+//              C > K), in double, on at most kOutputMaxRows rows: all of them, or the
+//              kOutputTopRows rows with the largest max|x| (outlier tokens; ties: lower index) plus
+//              every s-th of the other rows in order (s = ceil(rest / (kOutputMaxRows -
+//              kOutputTopRows))), each of those weighted rest / taken. Scored: the grid points i = 0, 10, ..., 90, 99
 //              (min/max), the percentile range, the kOutputInputFinalists best by input MSE (so the
 //              kMse choice is always among them), then a pattern search around the best grid point
 //              (+-5, +-3, +-2, +-1); the smallest output error wins, the lowest index on ties. Never
@@ -103,8 +105,9 @@ struct ActivationCalibration {
 
 // kMse scores at most this many values (a fixed-stride subsample beyond it).
 inline constexpr int64_t kMseMaxValues = int64_t{1} << 20;
-// kOutput: rows scored, grid stride of the coarse pass, input-MSE finalists.
+// kOutput: rows scored (of which outlier rows), coarse grid stride, input-MSE finalists.
 inline constexpr int64_t kOutputMaxRows = 512;
+inline constexpr int64_t kOutputTopRows = 128;
 inline constexpr int kOutputCoarseStep = 10;
 inline constexpr int kOutputInputFinalists = 4;
 

@@ -88,6 +88,12 @@ class QuantizeManyError(RuntimeError):
         self.results, self.failures = results, failures
 
 
+def _error_or_inf(r) -> float:
+    """A result's relative output error (the report's), +inf when it has none."""
+    e = r.report.get("relative_error", float("nan"))
+    return e if e == e else float("inf")
+
+
 class Client:
     """A connection to axeq-server, or to several replicas behind one gRPC target.
 
@@ -109,7 +115,11 @@ class Client:
             opts.append(("grpc.service_config", json.dumps({"loadBalancingConfig": [{lb_policy: {}}]})))
         opts = [o for o in opts if o[0] not in given] + list(options)
         if tls or ca_file:
-            read = lambda p: open(p, "rb").read() if p else None
+            def read(p):
+                if not p:
+                    return None
+                with open(p, "rb") as f:
+                    return f.read()
             creds = grpc.ssl_channel_credentials(read(ca_file), read(key_file), read(cert_file))
             if server_name:
                 opts.append(("grpc.ssl_target_name_override", server_name))
@@ -158,8 +168,15 @@ class Client:
         if activation is None:
             if inputs is None:
                 raise ValueError("statistics uploads need the activation quantizer that produced X~")
-            activation = ActivationQuantizer.calibrate(inputs, config.input_bits, config.signed_inputs,
-                                                       config.act_percentiles, config.act_range)
+            ranges = ActivationQuantizer.candidates(inputs, config.input_bits, config.signed_inputs,
+                                                    config.act_percentiles, config.act_range, w)
+            if len(ranges) > 1 and quant_inputs is None:  # "auto": every range end to end, least error wins
+                key = idempotency_key or f"{name}/{uuid.uuid4().hex}"
+                trials = [self.quantize(name, w, bias=b, inputs=inputs, activation=a, config=config,
+                                        relative_error=True, detach=detach, idempotency_key=f"{key}/range{i}",
+                                        progress=progress) for i, a in enumerate(ranges)]
+                return min(trials, key=lambda r: _error_or_inf(r))
+            activation = ranges[0]
         header = pb.LayerHeader(layer_name=name, output_channels=c, inputs=k, config=config.to_proto(pb),
                                 activations=activation.to_proto(pb), has_bias=b is not None, detach=detach,
                                 idempotency_key=idempotency_key or f"{name}/{uuid.uuid4().hex}")

@@ -34,7 +34,7 @@ class Config:
     quality_report: bool = True      # False skips the relative errors (large layers)
     # Client side only (not on the wire): how the N-bit activation range is fitted to X~ by the
     # pipeline and by Client.quantize when it is given rows without a quantizer.
-    act_range: str = "mse"           # mse | percentile | minmax (see ActivationQuantizer.calibrate)
+    act_range: str = "auto"          # auto | output | mse | percentile | minmax (ActivationQuantizer.calibrate)
     act_percentiles: tuple = (0.001, 99.999)
 
     def to_proto(self, pb):
@@ -65,10 +65,14 @@ class Config:
         return c
 
 
-RANGE_METHODS = ("minmax", "percentile", "mse")
+RANGE_METHODS = ("minmax", "percentile", "mse", "output", "auto")
 MSE_MULTIPLIERS = np.linspace(0.3, 1.0, 100)  # of the min/max range, searched by "mse"
 MSE_SAMPLE = 1 << 15                          # values the grid is searched on (strided subsample)
 MSE_FINALISTS = 4                             # best grid points re-scored on all values
+OUTPUT_MAX_ROWS = 512                         # rows "output" scores (see _output_rows)
+OUTPUT_TOP_ROWS = 128                         # of which the rows with the largest max |x|
+OUTPUT_COARSE_STEP = 10                       # its coarse pass: grid points 0, 10, ..., 90, 99
+OUTPUT_INPUT_FINALISTS = 4                    # best by input MSE, always scored
 
 
 def _is_torch(x) -> bool:
@@ -106,6 +110,59 @@ def _percentile(x, p: float) -> float:
     return a + (pos - i) * (b - a)
 
 
+def _output_rows(n, peak):
+    """core's kOutput row sample of n rows (peak[r] = max |x_r|, numpy): (indices, weights)."""
+    if n <= OUTPUT_MAX_ROWS:
+        return np.arange(n), np.ones(n)
+    top = np.argsort(-peak, kind="stable")[:OUTPUT_TOP_ROWS]
+    rest = np.setdiff1d(np.arange(n), top)  # in order
+    taken = rest[::-(-len(rest) // (OUTPUT_MAX_ROWS - OUTPUT_TOP_ROWS))]
+    return (np.concatenate([top, taken]),
+            np.concatenate([np.ones(len(top)), np.full(len(taken), len(rest) / len(taken))]))
+
+
+def _output_search(rows, weights, cand, input_err):
+    """core's kOutput: the candidate with the least sum ||(x - q(x)) W^T||^2 over the sampled rows
+    (_output_rows; through W^T W when C > K); cand = the grid then the percentile range."""
+    if _is_torch(rows):
+        import torch
+        w = torch.as_tensor(weights).to(device=rows.device, dtype=torch.float32)
+        idx, rw = _output_rows(rows.shape[0], rows.abs().amax(1).float().cpu().numpy())
+        xs = rows[torch.from_numpy(idx).to(rows.device)].float()
+        rw = torch.from_numpy(rw).to(rows.device)
+
+        def dot(a, b):
+            return float(((a.double() * b.double()).sum(1) * rw).sum())
+    else:
+        w = np.asarray(weights, dtype=np.float32)
+        idx, rw = _output_rows(rows.shape[0], np.abs(rows).max(1))
+        xs = np.asarray(rows, dtype=np.float32)[idx]
+
+        def dot(a, b):
+            return float(((a.astype(np.float64) * b.astype(np.float64)).sum(1) * rw).sum())
+    gram = w.T @ w if w.shape[0] > w.shape[1] else None
+    grid = len(cand) - 1
+    err = {}
+
+    def score(i):
+        if 0 <= i <= grid and i not in err:
+            e = xs - cand[i].apply(xs)
+            err[i] = dot(e @ gram, e) if gram is not None else dot(*(2 * [e @ w.T]))
+
+    for i in list(range(0, grid, OUTPUT_COARSE_STEP)) + [grid - 1, grid]:
+        score(i)
+    for i in np.argsort(input_err, kind="stable")[:OUTPUT_INPUT_FINALISTS]:
+        score(int(i))
+
+    def argmin():
+        return min(err, key=lambda i: (err[i], i))
+    for step in (5, 3, 2, 1):
+        b = argmin()
+        if b < grid:
+            score(b - step), score(b + step)
+    return cand[argmin()]
+
+
 @dataclass
 class ActivationQuantizer:
     """x~ = scale * (code - zero_point), code in [min_code, max_code] (per tensor)."""
@@ -139,18 +196,46 @@ class ActivationQuantizer:
         return q
 
     @classmethod
+    def candidates(cls, x, bits: int = 8, signed: bool = False, percentiles=None,
+                   method: str | None = None, weights=None) -> list:
+        """The ranges "auto" tries end to end, in order: the "output" range, then the "minmax"
+        and "percentile" ones that differ from every earlier one (core's ActivationCandidates);
+        for other methods the one range of calibrate()."""
+        first = cls.calibrate(x, bits, signed, percentiles, method, weights)
+        out = [first]
+        if method == "auto":
+            for m in ("minmax", "percentile"):
+                q = cls.calibrate(x, bits, signed, percentiles, m)
+                if all((q.scale, q.zero_point) != (o.scale, o.zero_point) for o in out):
+                    out.append(q)
+        return out
+
+    @classmethod
     def calibrate(cls, x, bits: int = 8, signed: bool = False, percentiles=None,
-                  method: str | None = None) -> "ActivationQuantizer":
+                  method: str | None = None, weights=None) -> "ActivationQuantizer":
         """Fits the range to x (numpy array or torch tensor, any shape; a tensor stays on its
         device). method: "minmax"; "percentile" (`percentiles`, default 0.001/99.999, as the
         reference implementation); or "mse" (the default): the range among 100 multipliers 0.3..1.0
         of the min/max range and the percentile range that minimises the mean squared quantization
         error of x; never worse on x than "minmax" or "percentile". Giving only `percentiles`
-        selects "percentile" (older callers). Raises ValueError on empty or non-finite x."""
+        selects "percentile" (older callers). "output" (needs weights [C, K], x [..., K]): among the
+        same candidates, the least error of the layer's output with its float weights,
+        sum ||(x - apply(x)) W^T||^2 over at most OUTPUT_MAX_ROWS rows, found as core's kOutput
+        does (coarse grid, input-MSE finalists, pattern search). "auto" returns the "output" range
+        here; the pipeline and Client.quantize then quantize the layer with every range of
+        candidates() and keep the least relative output error (as the CLI). Raises ValueError on
+        empty or non-finite x, or missing / mis-shaped weights for "output" and "auto"."""
         method = method or ("percentile" if percentiles is not None else "mse")
         if method not in RANGE_METHODS:
             raise ValueError(f"activation range method must be one of {RANGE_METHODS}, got {method!r}")
         pct = tuple(percentiles) if percentiles is not None else (0.001, 99.999)
+        rows = None
+        if method in ("output", "auto"):
+            x = x if _is_torch(x) else np.asarray(x, dtype=np.float32)
+            if weights is None or len(weights.shape) != 2 or x.shape[-1] != weights.shape[1]:
+                raise ValueError(f'activation range "{method}" needs the layer\'s weights [C, K] with K = '
+                                 f'{x.shape[-1]}, got {None if weights is None else tuple(weights.shape)}')
+            rows = x.reshape(-1, x.shape[-1])
         x = _flat_finite(x)
         if method == "percentile":
             return cls.from_range(_percentile(x, pct[0]), _percentile(x, pct[1]), bits, signed)
@@ -163,7 +248,10 @@ class ActivationQuantizer:
         sample = x[::-(-n // MSE_SAMPLE)]
         sample = sample.contiguous() if _is_torch(sample) else np.ascontiguousarray(sample)
         grid = [cls.from_range(a * lo, a * hi, bits, signed) for a in MSE_MULTIPLIERS]
-        best = [grid[i] for i in np.argsort(cls._mse_grid(sample, grid), kind="stable")[:MSE_FINALISTS]]
+        input_err = cls._mse_grid(sample, grid)
+        if rows is not None:
+            return _output_search(rows, weights, grid + [pctq], np.append(input_err, pctq.mse(sample)))
+        best = [grid[i] for i in np.argsort(input_err, kind="stable")[:MSE_FINALISTS]]
         return min(best + [minmax, pctq], key=lambda q: q.mse(x))  # exact, on all of x
 
     @staticmethod

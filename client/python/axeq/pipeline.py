@@ -24,7 +24,7 @@ import torch
 
 from .blocks import (ActivationHook, capture_block_inputs, find_blocks, hidden, host, install_activation_hook,
                      fold_smoothing, layer_inputs, linear_groups, merge_stream, smoothing_scales, statistics)
-from .client import Client, LayerResult
+from .client import Client, LayerResult, _error_or_inf
 from .config import ActivationQuantizer, Config
 from .memo import BlockMemo
 
@@ -109,20 +109,37 @@ class _Run:
         m, n = naive_bit_widths(lin.in_features, c.weight_bits, c.input_bits, c.signed_inputs, c.accumulator_bits)
         return replace(c, method="base", weight_bits=m, input_bits=n)
 
-    def calibration(self, cfg, hook, xq_raw, x, bias: bool) -> dict:
+    def calibration(self, cfg, hook, xq_raw, x, bias: bool, relative_error: bool) -> dict:
         """quantize()'s calibration arguments for the layers of a group that share cfg's input bit
-        width: rows (X, X~) or statistics, computed once for them all."""
+        width: rows (X, X~) or statistics, computed once for them all. X is the float stream's
+        inputs when carried, else the quantized stream's before activation quantization."""
         o = self.o
         xq = hook.quantize(xq_raw)
         if o["upload"] == "rows":
             return {"inputs": host(xq_raw if x is None else x), "quant_inputs": host(xq)}
-        cross = cfg.algorithm == "gpfq" or o["relative_error"]
-        st = statistics(xq, x, cross=cross, xx=o["relative_error"], means=bias and cfg.bias_correction)
+        cross = cfg.algorithm == "gpfq" or relative_error
+        st = statistics(xq, xq_raw if x is None and relative_error else x, cross=cross, xx=relative_error,
+                        means=bias and cfg.bias_correction)
         return dict(samples=xq.shape[0], **{k: host(v) for k, v in st.items()})
+
+    def ranges(self, names, mods, xq_raw):
+        """Per layer: the activation ranges to try (ActivationQuantizer.candidates; one fit per input
+        bit width, shared by the layers that read the same input, on their stacked weights)."""
+        keys = {n: (self.layer_config(mods[n]).input_bits, self.layer_config(mods[n]).signed_inputs) for n in names}
+        fits = {}
+        for n in names:
+            if keys[n] not in fits:
+                cfg = self.layer_config(mods[n])
+                w = torch.cat([mods[m].weight.detach() for m in names if keys[m] == keys[n]])
+                fits[keys[n]] = ActivationQuantizer.candidates(xq_raw, cfg.input_bits, cfg.signed_inputs,
+                                                               cfg.act_percentiles, cfg.act_range, w)
+        return keys, fits
 
     @torch.no_grad()
     def group(self, prefix, block, fblock, names, qstream, fstream, pairs, progress):
-        """Quantizes one group of layers of block (they share an input) and installs their results."""
+        """Quantizes one group of layers of block (they share an input) and installs their results.
+        With several activation ranges (act_range "auto") every layer is quantized with each and the
+        result with the least relative output error is kept (the first on ties), as the CLI does."""
         t0 = time.time()
         mods = dict(block.named_modules())
         xq_raw = layer_inputs(block, qstream, mods[names[0]])
@@ -136,32 +153,43 @@ class _Run:
             xq_raw = xq_raw / s.to(xq_raw)
             x = None if x is None else x / s.to(x)
         t0 = self.tick("forward", t0)
-        specs, hooks, shared = [], {}, {}
+        keys, fits = self.ranges(names, mods, xq_raw)
+        trials = max(len(f) for f in fits.values())
+        rel = self.o["relative_error"] or trials > 1
         bias = any(mods[n].bias is not None for n in names)
-        for n in names:
-            lin, cfg = mods[n], self.layer_config(mods[n])
-            key = (cfg.input_bits, cfg.signed_inputs)
-            if key not in shared:  # one fit and one set of statistics per bit width: a shared input
-                act = ActivationQuantizer.calibrate(xq_raw, cfg.input_bits, cfg.signed_inputs,
-                                                    cfg.act_percentiles, cfg.act_range)
-                hook = ActivationHook(act, self.o["dynamic_activations"])
-                shared[key] = (hook, self.calibration(cfg, hook, xq_raw, x, bias))
-            hooks[n], data = shared[key]
-            if lin.bias is None:
-                data = {k: v for k, v in data.items() if not k.startswith("mean_")}
-            specs.append(dict(data, name=prefix + n, weight=host(lin.weight), config=cfg, activation=hooks[n].act,
-                              bias=None if lin.bias is None else host(lin.bias), relative_error=self.o["relative_error"]))
+        best = {}  # layer name -> (result, hook)
+        for t in range(trials):
+            specs, hooks, shared = [], {}, {}
+            for n in names:
+                if len(fits[keys[n]]) <= t:
+                    continue
+                lin, cfg = mods[n], self.layer_config(mods[n])
+                if keys[n] not in shared:  # one set of statistics per bit width: a shared input
+                    hook = ActivationHook(fits[keys[n]][t], self.o["dynamic_activations"])
+                    shared[keys[n]] = (hook, self.calibration(cfg, hook, xq_raw, x, bias, rel))
+                hooks[n], data = shared[keys[n]]
+                if lin.bias is None:
+                    data = {k: v for k, v in data.items() if not k.startswith("mean_")}
+                specs.append(dict(data, name=prefix + n, weight=host(lin.weight), config=cfg, activation=hooks[n].act,
+                                  bias=None if lin.bias is None else host(lin.bias), relative_error=rel))
+            del shared
+            t0 = self.tick("statistics", t0)
+            for r in self.client.quantize_many(specs, max_concurrency=self.o["max_concurrency"],
+                                               on_result=progress.layer if trials == 1 else None):
+                n = r.name[len(prefix):]
+                if n not in best or _error_or_inf(r) < _error_or_inf(best[n][0]):
+                    best[n] = (r, hooks[n])
+            t0 = self.tick("server", t0)
         del xq_raw, x
-        t0 = self.tick("statistics", t0)
-        for r in self.client.quantize_many(specs, max_concurrency=self.o["max_concurrency"],
-                                           on_result=progress.layer):
-            lin = mods[r.name[len(prefix):]]
+        for n, (r, hook) in best.items():
+            lin = mods[n]
             lin.weight.copy_(torch.from_numpy(r.dequantized()).to(lin.weight))
             if r.bias is not None and lin.bias is not None:
                 lin.bias.copy_(torch.from_numpy(r.bias).to(lin.bias))
-            install_activation_hook(lin, hooks[r.name[len(prefix):]])
+            install_activation_hook(lin, hook)
             self.results[r.name] = r
-        self.tick("server", t0)
+            if trials > 1:
+                progress.layer(r)
 
     @torch.no_grad()
     def block(self, prefix, block, qstream, fstream, pairs, groups, progress):

@@ -72,6 +72,31 @@ class ClientTest(ServerFixture):
         axeq.write_result(mine, [remote])
         subprocess.run([CLI, "verify", mine], check=True, capture_output=True)
 
+    def test_auto_activation_range_is_the_best_of_its_trials_and_output_matches_the_cli(self):
+        rng = np.random.default_rng(5)
+        w, x = random_layer(rng)
+        w[:, :4] *= 10  # a few input channels the output weighs heavily
+        cfg = Config(accumulator_bits=14, tile_size=16)
+        auto = self.client.quantize("lin", w, inputs=x, config=cfg)  # rows, no quantizer: act_range "auto"
+        trials = [self.client.quantize("lin", w, inputs=x, activation=a, config=cfg)
+                  for a in ActivationQuantizer.candidates(x, 8, method="auto", weights=w)]
+        self.assertGreater(len(trials), 1)
+        errors = [t.report["relative_error"] for t in trials]
+        self.assertEqual(auto.report["relative_error"], min(errors), errors)
+        for m in ("minmax", "percentile"):
+            fixed = self.client.quantize("lin", w, inputs=x, activation=ActivationQuantizer.calibrate(x, 8, method=m),
+                                         config=cfg)
+            self.assertLessEqual(auto.report["relative_error"], fixed.report["relative_error"], m)
+        # The "output" search is core's: the CLI's embedded engine picks the same range.
+        layers, cal, out = (os.path.join(self.tmp, n) for n in ("ol.st", "oc.st", "or.st"))
+        axeq.write_safetensors(layers, {"lin.weight": w})
+        axeq.write_safetensors(cal, {"lin.inputs": x})
+        subprocess.run([CLI, "quantize", "--model", layers, "--calibration", cal, "--act-range", "output",
+                        "--out", out, "--quiet"], check=True, capture_output=True)
+        cli = axeq.read_result(out)["lin"].activation
+        mine = ActivationQuantizer.calibrate(x, 8, method="output", weights=w)
+        self.assertEqual((mine.scale, mine.zero_point), (cli.scale, cli.zero_point))
+
     def test_statistics_upload_and_tampering(self):
         rng = np.random.default_rng(2)
         w, x = random_layer(rng, c=32, k=64)

@@ -1,4 +1,5 @@
-"""Activation ranges: "mse" (the default of Config and ActivationQuantizer.calibrate) is never worse
+"""Activation ranges: "output" (the first range of Config's default "auto") is never worse in the
+layer's output error than the other rules; "mse" (ActivationQuantizer.calibrate's default) is never worse
 than "minmax" or "percentile" on the inputs' mean squared quantization error, on heavy-tailed,
 skewed, Gaussian and real (stories260K) inputs, 4 and 8 bits, signed and unsigned, from numpy
 arrays and from torch tensors (which give the same quantizer); the tensor percentile equals
@@ -56,7 +57,7 @@ class RangeTest(unittest.TestCase):
                 self.assertLess(mse, 0.8 * ActivationQuantizer.calibrate(x, 4, method=method).mse(x), (name, method))
 
     def test_defaults_and_percentiles(self):
-        self.assertEqual(Config().act_range, "mse")
+        self.assertEqual(Config().act_range, "auto")
         x = np.random.default_rng(3).standard_t(3, 10_001).astype(np.float32)
         self.assertEqual(ActivationQuantizer.calibrate(x, 8), ActivationQuantizer.calibrate(x, 8, method="mse"))
         # Giving percentiles alone keeps the older meaning (a percentile range).
@@ -66,6 +67,38 @@ class RangeTest(unittest.TestCase):
         t = torch.from_numpy(x)
         for p in (0.0, 0.001, 0.5, 37.0, 50.0, 99.0, 99.999, 100.0):
             self.assertAlmostEqual(_percentile(t, p), float(np.percentile(x, p)), places=5, msg=str(p))
+
+    def test_output_range_never_worse_in_output_error(self):
+        """ "output" (and "auto"'s first range): never worse in ||(x - q(x)) W^T|| than "minmax",
+        "percentile" or "mse"; numpy and torch agree; without weights of width K it is refused."""
+        rng = np.random.default_rng(17)
+        moved = 0
+        for c in (32, 160):  # C < K and C > K (through W^T W)
+            for signed in (False, True):
+                for name, x in list(inputs(5))[1:2] + [("stories260K w2 inputs", stories_inputs())]:
+                    x = np.asarray(x, dtype=np.float32).reshape(-1, 64)
+                    w = rng.standard_normal((c, 64)).astype(np.float32)
+                    w[:, rng.integers(0, 64, 4)] *= 8
+
+                    def err(q):
+                        e = (x - q.apply(x)).astype(np.float64) @ w.T.astype(np.float64)
+                        return float((e ** 2).sum())
+                    out = ActivationQuantizer.calibrate(x, 8, signed, method="output", weights=w)
+                    for m in ("minmax", "percentile", "mse"):
+                        q = ActivationQuantizer.calibrate(x, 8, signed, method=m)
+                        self.assertLessEqual(err(out), err(q) * (1 + 1e-6), (name, c, signed, m))
+                        moved += m == "mse" and q != out
+                    t = ActivationQuantizer.calibrate(torch.from_numpy(x), 8, signed, method="output",
+                                                      weights=torch.from_numpy(w))
+                    self.assertEqual((t.scale, t.zero_point), (out.scale, out.zero_point), (name, c, signed))
+                    auto = ActivationQuantizer.candidates(x, 8, signed, method="auto", weights=w)
+                    self.assertEqual(auto[0], out)
+                    self.assertEqual(len({(a.scale, a.zero_point) for a in auto}), len(auto))
+        self.assertGreater(moved, 0, "weighted channels should move the range away from the input-MSE one")
+        x = np.ones((4, 8), dtype=np.float32)
+        for bad in (None, np.ones((3, 7), dtype=np.float32)):
+            with self.assertRaises(ValueError):
+                ActivationQuantizer.calibrate(x, method="output", weights=bad)
 
     def test_bad_inputs(self):
         for bad in (np.array([]), np.array([1.0, np.nan]), torch.tensor([np.inf])):
