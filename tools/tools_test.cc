@@ -5,7 +5,9 @@
 #include <cstdlib>
 #include <fstream>
 #include <random>
+#include <tuple>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "client/job.h"
 #include "core/test_util.h"
@@ -92,32 +94,37 @@ TEST(Job, QuantizesCapturedLayersAndVerifies) {
 // percentiles, on the golden tests' GPT-2 layer and calibration recipe, in the two configurations
 // where each of those beats the float output-error search (docs/fidelity.md).
 TEST(Job, AutoActivationRangeNeverWorseThanMinMaxOrPercentileOnGpt2) {
-  auto file = ReadSafetensors(RequireFile("gpt2-attn/gpt2_block11_attn.safetensors"));
-  ASSERT_TRUE(file.ok()) << file.status();
-  SafetensorsFile model, cal;
-  model.tensors["o.weight"] = file->tensors.at("h.11.attn.o.weight");
-  auto w = TensorToMatrix(model.tensors["o.weight"], "o");
-  ASSERT_TRUE(w.ok());
-  cal.tensors["o.inputs"] = MatrixToTensor(testing::HeavyTailed(w->cols(), 512, 1111, true));
   int auto_differs_from_output = 0;
-  for (bool gpfq : {false, true}) {
-    JobOptions jo;
-    jo.threads = 2;
-    jo.layer.algorithm = gpfq ? Algorithm::kGpfq : Algorithm::kOptq;
-    jo.layer.accumulator.bits = gpfq ? 16 : 14;
-    jo.layer.accumulator.tile_size = gpfq ? 0 : 32;
-    auto error = [&](ActivationRange r) {
-      jo.activation_calibration.method = r;
-      auto out = RunQuantizeJob(model, cal, jo);
-      EXPECT_TRUE(out.ok() && out->size() == 1 && (*out)[0].certificate.safe) << out.status();
-      return out.ok() ? (*out)[0].report.relative_error : 1e9;
-    };
-    const double automatic = error(ActivationRange::kAuto);
-    const double minmax = error(ActivationRange::kMinMax), pct = error(ActivationRange::kPercentile);
-    const double output = error(ActivationRange::kOutput);
-    EXPECT_LE(automatic, std::min(minmax, pct)) << (gpfq ? "GPFQ mono P=16" : "OPTQ T=32 P_I=14");
-    EXPECT_LE(automatic, output);
-    auto_differs_from_output += automatic < output;
+  for (const auto& [file_name, layer, seed] :
+       {std::tuple<const char*, const char*, uint64_t>{"gpt2_block11_attn", "h.11.attn.o", 1111},
+        {"gpt2_block5_attn", "h.5.attn.q", 55}}) {
+    auto file = ReadSafetensors(RequireFile(absl::StrCat("gpt2-attn/", file_name, ".safetensors")));
+    ASSERT_TRUE(file.ok()) << file.status();
+    SafetensorsFile model, cal;
+    model.tensors["l.weight"] = file->tensors.at(absl::StrCat(layer, ".weight"));
+    auto w = TensorToMatrix(model.tensors["l.weight"], layer);
+    ASSERT_TRUE(w.ok());
+    cal.tensors["l.inputs"] = MatrixToTensor(testing::HeavyTailed(w->cols(), 512, seed, true));
+    for (bool gpfq : {false, true}) {
+      JobOptions jo;
+      jo.threads = 2;
+      jo.layer.algorithm = gpfq ? Algorithm::kGpfq : Algorithm::kOptq;
+      jo.layer.accumulator.bits = gpfq ? 16 : 14;
+      jo.layer.accumulator.tile_size = gpfq ? 0 : 32;
+      auto error = [&](ActivationRange r) {
+        jo.activation_calibration.method = r;
+        auto out = RunQuantizeJob(model, cal, jo);
+        EXPECT_TRUE(out.ok() && out->size() == 1 && (*out)[0].certificate.safe) << out.status();
+        return out.ok() ? (*out)[0].report.relative_error : 1e9;
+      };
+      const std::string what = absl::StrCat(layer, gpfq ? " GPFQ mono P=16" : " OPTQ T=32 P_I=14");
+      const double automatic = error(ActivationRange::kAuto);
+      const double minmax = error(ActivationRange::kMinMax), pct = error(ActivationRange::kPercentile);
+      const double output = error(ActivationRange::kOutput);
+      EXPECT_LE(automatic, std::min(minmax, pct)) << what;
+      EXPECT_LE(automatic, output) << what;
+      auto_differs_from_output += automatic < output;
+    }
   }
   EXPECT_GT(auto_differs_from_output, 0) << "the end-to-end trial should matter on this layer";
 }
