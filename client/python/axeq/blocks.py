@@ -6,6 +6,7 @@ install the N-bit activation quantizer as a forward pre-hook. Everything stays o
 device; nothing here talks to a server."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .config import ActivationQuantizer
@@ -24,8 +25,10 @@ class ActivationHook:
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         a = self.act
-        if not self.dynamic:
-            return a.apply(x)
+        if not self.dynamic:  # a.apply(x) (same operations, same order: bit-identical) in one buffer
+            y = x * float(np.float32(1.0) / np.float32(a.scale))
+            y.round_().add_(a.zero_point).clamp_(a.min_code, a.max_code)
+            return y.sub_(a.zero_point).mul_(a.scale)
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
         lo, hi = torch.minimum(x.amin(-1, keepdim=True), zero), torch.maximum(x.amax(-1, keepdim=True), zero)
         if a.signed:
@@ -208,9 +211,10 @@ def layer_inputs(block, stream, layer) -> torch.Tensor:
 
 @torch.no_grad()
 def statistics(xq: torch.Tensor, x: torch.Tensor | None = None, *, cross=True, xx=False, means=False,
-               chunk_bytes: int = 64 << 20) -> dict:
+               chunk_bytes: int = 16 << 20) -> dict:
     """X~^T X~ / D, and with x: X~^T X / D (cross), X^T X / D (xx), the means; float64 on the rows'
-    device, accumulated over row chunks of at most chunk_bytes (float64) each."""
+    device, accumulated over row chunks of at most chunk_bytes (float64) each (below glibc's mmap
+    threshold, so that the chunks reuse one buffer instead of faulting in fresh pages)."""
     d, k = xq.shape
     f64 = dict(dtype=torch.float64, device=xq.device)
     out = {"gram": torch.zeros(k, k, **f64)}

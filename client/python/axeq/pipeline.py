@@ -49,7 +49,8 @@ def naive_bit_widths(k: int, m: int, n: int, signed: bool, p: int):
     return best[1], best[2]
 
 
-MEMO_STREAM_COPIES = 8  # default budget of BlockMemo per stream, in copies of the stream's hidden states
+MEMO_STREAM_COPIES = 4  # default budget of BlockMemo per stream: copies of the stream's hidden states,
+MEMO_MIN_BYTES = 64 << 20  # but at least this much
 
 
 class QuantizedModel(dict):
@@ -236,7 +237,8 @@ def quantize_model(model, batches, client: Client, config: Config | None = None,
     relative errors. max_batch_tokens: calibration batches are merged into forward passes of up
     to this many tokens (merge_stream; lower it to bound attention's memory). memo_bytes: what axeq.memo.BlockMemo may keep per stream to
     reuse sub-results across the passes over a block (default: MEMO_STREAM_COPIES copies of the
-    stream's hidden states; 0 turns it off; results are the same either way). The activation range
+    stream's hidden states, at least MEMO_MIN_BYTES; 0 turns it off; results are the same either
+    way). The activation range
     is fitted by config.act_range on X~. Layers outside
     the blocks (embeddings, classifier) stay float. ValueError on bad options."""
     config = config or Config()
@@ -257,7 +259,8 @@ def quantize_model(model, batches, client: Client, config: Config | None = None,
     qstream = merge_stream(capture_block_inputs(model, blocks[0], batches), max_batch_tokens)
     fstream = [list(s) for s in qstream] if need_float else None
     if memo_bytes is None:  # room for a few tensors of the stream's size per batch
-        run.o["memo_bytes"] = MEMO_STREAM_COPIES * sum(x.numel() * x.element_size() for x, _, _ in qstream)
+        run.o["memo_bytes"] = max(MEMO_MIN_BYTES, MEMO_STREAM_COPIES * sum(x.numel() * x.element_size()
+                                                                        for x, _, _ in qstream))
     run.tick("capture", t0)
     try:
         for i, block in enumerate(blocks):

@@ -5,7 +5,8 @@
   GPFQ: float and quantized streams), and it does reuse (hits are counted);
 - an output the caller modified in place, a parameter changed in place and a new hook are never
   served from the memo;
-- the Llama attention computed a few sequences at a time equals the one-shot computation."""
+- the Llama attention computed a few sequences at a time equals the one-shot computation;
+- the activation hook's one-buffer quantizer equals ActivationQuantizer.apply bit for bit."""
 import unittest
 from unittest import mock
 
@@ -15,6 +16,8 @@ import torch
 import test_pipeline  # noqa: F401  (puts the build tree's stubs on sys.path)
 from test_pipeline_blocks import RoundingClient, padded_batches, small_gpt2, small_llama
 from axeq import Config, llama
+from axeq.blocks import ActivationHook
+from axeq.config import ActivationQuantizer
 from axeq.memo import BlockMemo
 from axeq.pipeline import quantize_model
 
@@ -103,6 +106,15 @@ class MemoTest(unittest.TestCase):
         with mock.patch.object(llama, "ATTENTION_CHUNK_BYTES", 2 * 2 * 33 * 33 * 4 * 2):  # 2 sequences a step
             parts = llama.attend(q, k[:, :, :1], v[:, :, :1], mask, 0.35)
         self.assertTrue(torch.equal(whole, parts))
+
+    def test_activation_hook_equals_apply(self):
+        g = torch.Generator().manual_seed(3)
+        x = torch.randn(300, 17, generator=g) * 4
+        x[0, :3] = torch.tensor([1e6, -1e6, 0.5])  # clamped both ways, and a tie
+        for bits, signed in ((8, False), (4, False), (8, True), (3, True)):
+            for lo, hi in ((-2.0, 5.0), (0.0, 1.0), (-7.5, 7.5)):
+                act = ActivationQuantizer.from_range(lo, hi, bits, signed)
+                self.assertTrue(torch.equal(ActivationHook(act).quantize(x), act.apply(x)), (bits, signed, lo, hi))
 
 
 if __name__ == "__main__":
