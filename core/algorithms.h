@@ -23,11 +23,11 @@ struct Constraints {
 };
 
 struct GreedyResult {
-  MatrixXi8 codes;            // [C, K]
-  double damping = 0;         // eta actually used (absolute), OPTQ only
-  int damping_retries = 0;    // how often Cholesky failed and eta grew x10
-  int64_t dead_inputs = 0;    // inputs whose quantized calibration values are all zero
-  std::vector<int64_t> order; // the column order used (act-order permutation)
+  MatrixXi8 codes;             // [C, K]
+  double damping = 0;          // eta actually used (absolute), OPTQ only
+  int damping_retries = 0;     // how often Cholesky failed and eta grew x10
+  int64_t dead_inputs = 0;     // inputs whose quantized calibration values are all zero
+  std::vector<int64_t> order;  // the column order used (act-order permutation)
 };
 
 // OPTQ's input-only preparation: the column order, dead inputs and the upper Cholesky factor of
@@ -54,9 +54,8 @@ struct OptqFactor {
 };
 
 // Computes OPTQ's factor from gram = X~^T X~ / D. FAILED_PRECONDITION as RunOptq.
-absl::StatusOr<std::shared_ptr<const OptqFactor>> PrepareOptq(const Eigen::Ref<const MatrixXf>& gram,
-                                                              const LayerOptions& opts,
-                                                              const RunContext& ctx);
+absl::StatusOr<std::shared_ptr<const OptqFactor>> PrepareOptq(
+    const Eigen::Ref<const MatrixXf>& gram, const LayerOptions& opts, const RunContext& ctx);
 
 // Returns the act-order permutation: inputs by descending diag(gram), ties by index.
 std::vector<int64_t> ActOrder(const Eigen::Ref<const MatrixXf>& gram, bool act_order);

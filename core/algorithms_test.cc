@@ -136,7 +136,9 @@ TEST(Optq, PreparedFactorGivesIdenticalCodes) {
   LayerStats stats = StatsOf(layer);
   ThreadPool pool(2);
   RunContext ctx;
-  ctx.parallel_for = [&](int64_t n, const std::function<void(int64_t)>& f) { pool.ParallelFor(n, f); };
+  ctx.parallel_for = [&](int64_t n, const std::function<void(int64_t)>& f) {
+    pool.ParallelFor(n, f);
+  };
   for (auto precision : {Precision::kFloat32, Precision::kFloat64}) {
     LayerOptions o;
     o.precision = precision;
@@ -172,8 +174,12 @@ TEST(Engine, BitIdenticalAcrossRunsAndThreadCounts) {
     auto serial = QuantizeLayer(layer.weights, nullptr, stats, o);
     auto again = QuantizeLayer(layer.weights, nullptr, stats, o);
     RunContext c2, c3;
-    c2.parallel_for = [&](int64_t n, const std::function<void(int64_t)>& f) { pool2.ParallelFor(n, f); };
-    c3.parallel_for = [&](int64_t n, const std::function<void(int64_t)>& f) { pool3.ParallelFor(n, f); };
+    c2.parallel_for = [&](int64_t n, const std::function<void(int64_t)>& f) {
+      pool2.ParallelFor(n, f);
+    };
+    c3.parallel_for = [&](int64_t n, const std::function<void(int64_t)>& f) {
+      pool3.ParallelFor(n, f);
+    };
     auto p2 = QuantizeLayer(layer.weights, nullptr, stats, o, c2);
     auto p3 = QuantizeLayer(layer.weights, nullptr, stats, o, c3);
     ASSERT_TRUE(serial.ok() && again.ok() && p2.ok() && p3.ok());
@@ -206,7 +212,8 @@ TEST(Engine, CodesStayOnTheGridAndRequantizingIsIdempotent) {
         // Re-quantize the dequantized weights with the same scales: the same codes come back.
         const MatrixXf deq = Dequantize(r->codes, r->scales, 0);
         auto again = RunOptq(deq, stats.gram, r->scales, {}, o, {});
-        if (alg == Algorithm::kGpfq) again = RunGpfq(deq, stats.cross, stats.gram, r->scales, {}, o, {});
+        if (alg == Algorithm::kGpfq)
+          again = RunGpfq(deq, stats.cross, stats.gram, r->scales, {}, o, {});
         ASSERT_TRUE(again.ok());
         EXPECT_EQ(CountDiff(r->codes, again->codes), 0) << AlgorithmName(alg) << " M=" << bits;
       }
@@ -238,7 +245,8 @@ TEST(Engine, CancellationStopsWithinOneBlock) {
   stats.optq_factor = *f;
   polls = 0;
   ctx.should_stop = [&] { return ++polls > 1; };
-  EXPECT_EQ(QuantizeLayer(layer.weights, nullptr, stats, o, ctx).status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(QuantizeLayer(layer.weights, nullptr, stats, o, ctx).status().code(),
+            absl::StatusCode::kCancelled);
   EXPECT_EQ(polls, 2);
 }
 

@@ -49,8 +49,8 @@ absl::StatusOr<BitWidths> NaiveBitWidths(int64_t k, int weight_bits, int input_b
   if (!found) {
     return absl::FailedPreconditionError(absl::StrCat(
         "naive bit-width manipulation cannot reach a ", accumulator_bits,
-        "-bit accumulator for K = ", k, ": even W2A2 needs P* = ",
-        DataTypeBoundBits(k, 2, 2, signed_inputs), " bits"));
+        "-bit accumulator for K = ", k,
+        ": even W2A2 needs P* = ", DataTypeBoundBits(k, 2, 2, signed_inputs), " bits"));
   }
   return best;
 }

@@ -32,18 +32,23 @@ std::string CodesSha256(const Eigen::Ref<const MatrixXi8>& codes) {
 std::string CertificateAssumptions(const Certificate& c) {
   return absl::StrCat(
       "Inputs are ", c.input.bits, "-bit integer codes in [", c.input_min(), ", ", c.input_max(),
-      "] (", c.input.is_signed ? "signed" : "unsigned; the zero-point correction", " is applied outside "
-      "the accumulator", c.input.is_signed ? "" : "", "); weights are the certified ", c.weight_bits,
+      "] (", c.input.is_signed ? "signed" : "unsigned; the zero-point correction",
+      " is applied outside "
+      "the accumulator",
+      c.input.is_signed ? "" : "", "); weights are the certified ", c.weight_bits,
       "-bit codes; the bias and scales are applied outside the accumulator. Each tile of ",
       c.tile_size(), " consecutive inputs (original input order) accumulates into a signed ",
-      c.accumulator.bits, "-bit register holding [", -AccumulatorMinMagnitude(c.accumulator.bits, c.accumulator.twos_complement),
-      ", ", AccumulatorMax(c.accumulator.bits), "]; tile sums accumulate into a ",
-      c.outer_accumulator_bits, "-bit outer register. Every partial sum in any order lies in the "
+      c.accumulator.bits, "-bit register holding [",
+      -AccumulatorMinMagnitude(c.accumulator.bits, c.accumulator.twos_complement), ", ",
+      AccumulatorMax(c.accumulator.bits), "]; tile sums accumulate into a ",
+      c.outer_accumulator_bits,
+      "-bit outer register. Every partial sum in any order lies in the "
       "channel's [lo, hi], so wrapping and saturating registers are both safe.");
 }
 
 Certificate MakeCertificate(const Eigen::Ref<const MatrixXi8>& codes, int weight_bits,
-                            const InputSpec& inputs, const AccumulatorSpec& acc, const RunContext& ctx) {
+                            const InputSpec& inputs, const AccumulatorSpec& acc,
+                            const RunContext& ctx) {
   Certificate cert;
   const int64_t c = codes.rows(), k = codes.cols();
   cert.output_channels = c;

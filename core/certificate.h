@@ -35,13 +35,13 @@ struct Certificate {
   int outer_accumulator_bits = 0;      // P_O of Eq. 21 (= P when monolithic)
   int min_accumulator_bits = 0;        // smallest P_I all tiles fit (exact)
   int min_outer_accumulator_bits = 0;  // smallest P_O all rows fit (exact)
-  std::string weights_sha256;  // of the codes as int8, row-major [C, K]
+  std::string weights_sha256;          // of the codes as int8, row-major [C, K]
   std::vector<ChannelBound> channels;
   int64_t unsafe_channels = 0;  // channels with a tile outside [-(2^(P-1)-1), 2^(P-1)-1]
   bool safe = false;            // no unsafe channel and every row fits P_O
 
-  int64_t input_min() const { return input.min_code(); }  // mu
-  int64_t input_max() const { return input.max_code(); }  // nu
+  int64_t input_min() const { return input.min_code(); }                   // mu
+  int64_t input_max() const { return input.max_code(); }                   // nu
   int64_t tile_size() const { return accumulator.EffectiveTile(inputs); }  // T (K when monolithic)
 };
 

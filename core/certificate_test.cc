@@ -3,7 +3,6 @@
 // over thousands of random layers: monolithic and tiled, signed and unsigned inputs, narrow and
 // full alphabets, sign-magnitude and two's-complement registers. AXE results must all be safe.
 #include "core/certificate.h"
-#include "core/verify.h"
 
 #include <cstdlib>
 #include <random>
@@ -11,6 +10,7 @@
 #include "core/bounds.h"
 #include "core/layer.h"
 #include "core/test_util.h"
+#include "core/verify.h"
 #include "gtest/gtest.h"
 
 namespace axeq {
@@ -67,7 +67,8 @@ TEST(Certificate, VerdictEqualsExactWorstCaseSimulation) {
     MatrixXi8 q(c, k);
     const bool sparse = coin(rng);
     for (int64_t r = 0; r < c; ++r)
-      for (int64_t i = 0; i < k; ++i) q(r, i) = static_cast<int8_t>(sparse && coin(rng) ? 0 : code(rng));
+      for (int64_t i = 0; i < k; ++i)
+        q(r, i) = static_cast<int8_t>(sparse && coin(rng) ? 0 : code(rng));
     AccumulatorSpec acc;
     acc.tile_size = coin(rng) ? 0 : static_cast<int>(1 + rng() % k);
     acc.twos_complement = coin(rng);
@@ -84,7 +85,8 @@ TEST(Certificate, VerdictEqualsExactWorstCaseSimulation) {
     if (cert.min_accumulator_bits > 1)
       EXPECT_FALSE(SimulateWorstCase(q, in, cert.min_accumulator_bits - 1, acc.tile_size,
                                      acc.twos_complement, 62));
-    EXPECT_TRUE(SimulateWorstCase(q, in, 62, 0, acc.twos_complement, cert.min_outer_accumulator_bits));
+    EXPECT_TRUE(
+        SimulateWorstCase(q, in, 62, 0, acc.twos_complement, cert.min_outer_accumulator_bits));
     Verification v = VerifyCertificate(q, cert);
     EXPECT_TRUE(v.consistent);
     EXPECT_EQ(v.safe, sim);
@@ -190,7 +192,8 @@ TEST(Certificate, VerifierRefusesOutOfRangeWidthsInsteadOfOverflowing) {
 TEST(Certificate, PinnedExpectationsRejectAnotherDatapath) {
   std::mt19937_64 rng(TestSeed(909));
   MatrixXi8 q(3, 128);
-  for (int64_t i = 0; i < q.size(); ++i) q.data()[i] = static_cast<int8_t>(static_cast<int>(rng() % 15) - 7);
+  for (int64_t i = 0; i < q.size(); ++i)
+    q.data()[i] = static_cast<int8_t>(static_cast<int>(rng() % 15) - 7);
   AccumulatorSpec acc32{32, 64};
   Certificate honest32 = MakeCertificate(q, 4, InputSpec{}, acc32);
   ASSERT_TRUE(VerifyCertificate(q, honest32).ok());
@@ -200,7 +203,7 @@ TEST(Certificate, PinnedExpectationsRejectAnotherDatapath) {
   hw.input_bits = 8;
   hw.inputs_signed = false;
   Verification v = VerifyCertificate(q, honest32, hw);
-  EXPECT_TRUE(v.consistent);  // the claims hold ...
+  EXPECT_TRUE(v.consistent);    // the claims hold ...
   EXPECT_FALSE(v.as_expected);  // ... for another datapath
   EXPECT_FALSE(v.ok());
   hw.accumulator_bits = 32;
@@ -231,15 +234,33 @@ TEST(Certificate, IndependentVerifierAgreesAndCatchesEveryFieldChange) {
     for (int field = 0; field < 9; ++field) {
       Certificate lie = cert;
       switch (field) {
-        case 0: lie.min_accumulator_bits += 1; break;
-        case 1: lie.min_outer_accumulator_bits -= 1; break;
-        case 2: lie.outer_accumulator_bits += 1; break;
-        case 3: lie.unsafe_channels += 1; break;
-        case 4: lie.safe = !lie.safe; break;
-        case 5: lie.channels[0].row_hi += 1; break;
-        case 6: lie.weights_sha256[0] = lie.weights_sha256[0] == 'a' ? 'b' : 'a'; break;
-        case 7: lie.output_channels += 1; break;
-        case 8: lie.channels[0].lo -= 1; break;
+        case 0:
+          lie.min_accumulator_bits += 1;
+          break;
+        case 1:
+          lie.min_outer_accumulator_bits -= 1;
+          break;
+        case 2:
+          lie.outer_accumulator_bits += 1;
+          break;
+        case 3:
+          lie.unsafe_channels += 1;
+          break;
+        case 4:
+          lie.safe = !lie.safe;
+          break;
+        case 5:
+          lie.channels[0].row_hi += 1;
+          break;
+        case 6:
+          lie.weights_sha256[0] = lie.weights_sha256[0] == 'a' ? 'b' : 'a';
+          break;
+        case 7:
+          lie.output_channels += 1;
+          break;
+        case 8:
+          lie.channels[0].lo -= 1;
+          break;
       }
       EXPECT_FALSE(VerifyCertificate(q, lie).consistent) << "trial " << trial << " field " << field;
     }

@@ -16,8 +16,8 @@
 #include "absl/strings/str_cat.h"
 #include "core/algorithms.h"
 #include "core/bounds.h"
-#include "core/status_macros.h"
 #include "core/context.h"
+#include "core/status_macros.h"
 
 namespace axeq::internal {
 
@@ -81,10 +81,13 @@ class CodeChooser {
     if (hard_) {  // the budget of this (channel, tile), cached between nonzero codes
       u = std::clamp(u, -static_cast<double>(max_neg_[slot]), static_cast<double>(max_pos_[slot]));
     }
-    const int q = static_cast<int>(std::clamp(RoundCode(u, rounding_), double(qmin_), double(qmax_)));
+    const int q =
+        static_cast<int>(std::clamp(RoundCode(u, rounding_), double(qmin_), double(qmax_)));
     if (hard_ && q != 0) {
-      if (q > 0) beta_[slot] += q;
-      else neg_[slot] -= q;
+      if (q > 0)
+        beta_[slot] += q;
+      else
+        neg_[slot] -= q;
       max_pos_[slot] = budget_.MaxPositive(beta_[slot], neg_[slot]);
       max_neg_[slot] = budget_.MaxNegative(beta_[slot], neg_[slot]);
     }
@@ -138,8 +141,7 @@ absl::Status BlockedSweep(MatS<S>& acc, const Coupling& coupling, int64_t block,
       }
     }
     if (b1 < k) {
-      acc.rightCols(k - b1).noalias() -=
-          delta.leftCols(w) * coupling.block(b0, b1, w, k - b1);
+      acc.rightCols(k - b1).noalias() -= delta.leftCols(w) * coupling.block(b0, b1, w, k - b1);
     }
     if (done) {
       const int64_t now = done->fetch_add(w) + w;
@@ -240,9 +242,10 @@ MatS<S> PermuteSymmetric(const Eigen::Ref<const MatrixXf>& m, const std::vector<
 }
 
 inline absl::Status BreakdownErrorFor(int64_t n) {
-  return absl::FailedPreconditionError(absl::StrCat(
-      "numerical breakdown: ", n, " non-finite intermediate values (statistics too ill-conditioned;"
-      " try more damping or precision=float64)"));
+  return absl::FailedPreconditionError(
+      absl::StrCat("numerical breakdown: ", n,
+                   " non-finite intermediate values (statistics too ill-conditioned;"
+                   " try more damping or precision=float64)"));
 }
 
 }  // namespace axeq::internal

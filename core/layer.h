@@ -38,9 +38,9 @@ absl::StatusOr<LayerOptions> ResolveOptions(const LayerOptions& options, int64_t
 // The result's name, activation scale/zero point and timing are the caller's to fill; its
 // activations.spec, group size, certificate, report and run info are set here.
 absl::StatusOr<QuantizedLayer> QuantizeLayer(const Eigen::Ref<const MatrixXf>& weights,
-                                          const Eigen::VectorXf* bias, const LayerStats& stats,
-                                          const LayerOptions& options,
-                                          const RunContext& ctx = {});
+                                             const Eigen::VectorXf* bias, const LayerStats& stats,
+                                             const LayerOptions& options,
+                                             const RunContext& ctx = {});
 
 // Checks shapes and finiteness of weights, bias and stats against options (INVALID_ARGUMENT).
 absl::Status ValidateLayer(const Eigen::Ref<const MatrixXf>& weights, const Eigen::VectorXf* bias,

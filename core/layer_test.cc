@@ -1,12 +1,12 @@
 // Tests of QuantizeLayer: validation errors, infeasible budgets, the baselines, bias correction,
 // the statistics accumulator and the quality report against direct computation on samples.
 #include "core/layer.h"
-#include "core/thread_pool.h"
 
 #include <random>
 
 #include "core/bounds.h"
 #include "core/test_util.h"
+#include "core/thread_pool.h"
 #include "gtest/gtest.h"
 
 namespace axeq {
@@ -159,7 +159,9 @@ TEST_F(LayerTest, StatsDoNotDependOnThreads) {
   for (int threads : {1, 3}) {
     ThreadPool pool(threads);
     RunContext ctx;
-    ctx.parallel_for = [&](int64_t n, const std::function<void(int64_t)>& f) { pool.ParallelFor(n, f); };
+    ctx.parallel_for = [&](int64_t n, const std::function<void(int64_t)>& f) {
+      pool.ParallelFor(n, f);
+    };
     StatsAccumulator acc(300, true, true, ctx);
     ASSERT_TRUE(acc.Add(big.x, big.xq).ok());
     const LayerStats b = *acc.Finish();
@@ -169,7 +171,8 @@ TEST_F(LayerTest, StatsDoNotDependOnThreads) {
   }
   const Eigen::MatrixXd xq = big.xq.cast<double>();
   const Eigen::MatrixXd direct = xq.transpose() * xq / 600.0;
-  EXPECT_LT((a.gram.cast<double>() - direct).cwiseAbs().maxCoeff() / direct.cwiseAbs().maxCoeff(), 1e-6);
+  EXPECT_LT((a.gram.cast<double>() - direct).cwiseAbs().maxCoeff() / direct.cwiseAbs().maxCoeff(),
+            1e-6);
   EXPECT_TRUE(a.gram.isApprox(a.gram.transpose(), 0));  // exactly symmetric
 }
 
@@ -182,14 +185,16 @@ TEST_F(LayerTest, ReportAndBiasCorrectionMatchSamples) {
   const Eigen::MatrixXd x = layer_.x.cast<double>(), xq = layer_.xq.cast<double>();
   const Eigen::MatrixXd w = layer_.weights.cast<double>();
   const Eigen::MatrixXd deq = Dequantize(r->codes, r->scales, 0).cast<double>();
-  const double direct = (x * w.transpose() - xq * deq.transpose()).norm() / (x * w.transpose()).norm();
+  const double direct =
+      (x * w.transpose() - xq * deq.transpose()).norm() / (x * w.transpose()).norm();
   EXPECT_NEAR(r->report.relative_error, direct, 1e-4 * direct);
   const double direct_q = (xq * (w - deq).transpose()).norm() / (xq * w.transpose()).norm();
   EXPECT_NEAR(r->report.relative_error_quantized_inputs, direct_q, 1e-4 * direct_q);
   // Bias correction makes the mean outputs agree: mean(x W^T + b) = mean(xq Q^T + b').
   ASSERT_TRUE(r->bias_corrected);
   const Eigen::VectorXd float_mean = w * x.colwise().mean().transpose() + bias.cast<double>();
-  const Eigen::VectorXd quant_mean = deq * xq.colwise().mean().transpose() + r->bias->cast<double>();
+  const Eigen::VectorXd quant_mean =
+      deq * xq.colwise().mean().transpose() + r->bias->cast<double>();
   EXPECT_LT((float_mean - quant_mean).cwiseAbs().maxCoeff(), 1e-4);
   EXPECT_GE(r->report.sparsity, 0.0);
   LayerOptions fast = o;

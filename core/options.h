@@ -29,15 +29,15 @@ const char* MethodName(Method m);
 const char* RoundingName(Rounding r);
 
 struct WeightQuantOptions {
-  int bits = 4;                                   // M, 2..8
+  int bits = 4;  // M, 2..8
   WeightAlphabet alphabet = WeightAlphabet::kNarrow;
-  int group_size = 0;                             // G; 0 = one scale per output channel (Eq. 26)
+  int group_size = 0;  // G; 0 = one scale per output channel (Eq. 26)
 };
 
 // The integer input codes the accumulator sees: unsigned [0, 2^N - 1] (asymmetric, zero-point
 // handled outside the accumulator) or signed [-2^(N-1), 2^(N-1) - 1].
 struct InputSpec {
-  int bits = 8;                                   // N, 2..16
+  int bits = 8;  // N, 2..16
   bool is_signed = false;
   int64_t min_code() const { return is_signed ? -(int64_t{1} << (bits - 1)) : 0; }
   int64_t max_code() const {
@@ -46,15 +46,17 @@ struct InputSpec {
 };
 
 struct AccumulatorSpec {
-  int bits = 32;            // P (monolithic) or P_I (inner accumulator of a tile), 2..64
-  int tile_size = 0;        // T in the ORIGINAL input order; 0 = monolithic
+  int bits = 32;      // P (monolithic) or P_I (inner accumulator of a tile), 2..64
+  int tile_size = 0;  // T in the ORIGINAL input order; 0 = monolithic
   // Whether the accumulator may hold -2^(P-1) (two's complement). The paper assumes
   // sign-magnitude, i.e. the symmetric range [-(2^(P-1)-1), 2^(P-1)-1]; that is the default.
   bool twos_complement = false;
 
   // The one rule for tiles: the number of inputs per inner accumulator in a K-deep dot product
   // (T, or K when monolithic: tile_size 0 or >= K).
-  int64_t EffectiveTile(int64_t k) const { return tile_size <= 0 || tile_size >= k ? k : tile_size; }
+  int64_t EffectiveTile(int64_t k) const {
+    return tile_size <= 0 || tile_size >= k ? k : tile_size;
+  }
   bool IsTiled(int64_t k) const { return EffectiveTile(k) < k; }
 };
 
@@ -72,7 +74,7 @@ struct LayerOptions {
   int block_size = 128;                    // lazy-batch block width (columns)
   OptqErrorForm optq_error = OptqErrorForm::kOriginal;
   Precision precision = Precision::kFloat32;
-  bool bias_correction = true;             // when a bias and the mean inputs are given
+  bool bias_correction = true;  // when a bias and the mean inputs are given
   // The relative-error part of the quality report costs 2-4 GEMMs of the layer's size (more than
   // the quantization itself for large layers); false skips it (sparsity, L1 and bits remain).
   bool quality_report = true;

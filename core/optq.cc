@@ -2,7 +2,8 @@
 // H^-1's upper Cholesky factor is computed as the Cholesky of the row-and-column-reversed H
 // followed by one triangular inverse: H = R R^T with R = J chol(J H J) J upper, so
 // H^-1 = R^-T R^-1 and R^-1 is the (unique) upper factor. Cost 2/3 K^3 instead of 4/3 K^3, in
-// two K x K buffers (the reversal is folded into the act-order gather and a final in-place reverse).
+// two K x K buffers (the reversal is folded into the act-order gather and a final in-place
+// reverse).
 #include <algorithm>
 #include <atomic>
 #include <numeric>
@@ -22,7 +23,8 @@ template <typename Fn>
 void ForChunks(int64_t n, int64_t chunk, const RunContext& ctx, Fn&& fn) {
   const int64_t chunks = (n + chunk - 1) / chunk;
   auto one = [&](int64_t j) { fn(j * chunk, std::min(chunk, n - j * chunk)); };
-  if (ctx.parallel_for && chunks > 1) ctx.parallel_for(chunks, one);
+  if (ctx.parallel_for && chunks > 1)
+    ctx.parallel_for(chunks, one);
   else
     for (int64_t j = 0; j < chunks; ++j) one(j);
 }
@@ -30,7 +32,8 @@ void ForChunks(int64_t n, int64_t chunk, const RunContext& ctx, Fn&& fn) {
 // Writes m(order, order) into out (column-major, resized to K x K): column j of out is row
 // order[j] of the symmetric m, so every read streams through one input row.
 template <typename S>
-void PermuteSymmetricInto(const Eigen::Ref<const MatrixXf>& m, const std::vector<int64_t>& order, MatS<S>* out) {
+void PermuteSymmetricInto(const Eigen::Ref<const MatrixXf>& m, const std::vector<int64_t>& order,
+                          MatS<S>* out) {
   const int64_t k = static_cast<int64_t>(order.size());
   out->resize(k, k);
   for (int64_t j = 0; j < k; ++j) {
@@ -42,7 +45,8 @@ void PermuteSymmetricInto(const Eigen::Ref<const MatrixXf>& m, const std::vector
 
 // Factors the lower triangle of a in place (a = L L^T), blocked right-looking: the panel solve and
 // the trailing update (the K^3/3 bulk) run in fixed chunks through ctx. Returns false if a is not
-// positive definite or ctx.should_stop fired (checked once per block). Chunks are fixed, so the result does not depend on the thread count.
+// positive definite or ctx.should_stop fired (checked once per block). Chunks are fixed, so the
+// result does not depend on the thread count.
 template <typename S>
 bool BlockedCholesky(MatS<S>& a, const RunContext& ctx) {
   const int64_t n = a.rows();
@@ -57,7 +61,9 @@ bool BlockedCholesky(MatS<S>& a, const RunContext& ctx) {
     if (rest == 0) break;
     ForChunks(rest, 256, ctx, [&](int64_t r0, int64_t len) {
       auto panel = a.block(j + w + r0, j, len, w);
-      d.template triangularView<Eigen::Lower>().transpose().template solveInPlace<Eigen::OnTheRight>(panel);
+      d.template triangularView<Eigen::Lower>()
+          .transpose()
+          .template solveInPlace<Eigen::OnTheRight>(panel);
     });
     const auto panel = a.block(j + w, j, rest, w);
     ForChunks(rest, kFactorBlock, ctx, [&](int64_t c0, int64_t len) {
@@ -93,8 +99,9 @@ MatS<S> LowerInverse(const MatS<S>& l, const RunContext& ctx) {
 // overwrites it). U is the reversed L^-1 of J (H + eta I) J = L L^T: u(i, j) = linv(k-1-i, k-1-j),
 // which for column-major storage is the same buffer read backwards, so U is made in place.
 template <typename S, typename Build>
-absl::StatusOr<MatS<S>> UpperFactorOfInverse(int64_t k, const Build& build, double damping, int max_retries,
-                                             double* eta_used, int* retries, const RunContext& ctx) {
+absl::StatusOr<MatS<S>> UpperFactorOfInverse(int64_t k, const Build& build, double damping,
+                                             int max_retries, double* eta_used, int* retries,
+                                             const RunContext& ctx) {
   MatS<S> a(k, k);
   build(a);
   // The mean diagonal of H in H's own order (a's diagonal read backwards), summed in double.
@@ -104,7 +111,8 @@ absl::StatusOr<MatS<S>> UpperFactorOfInverse(int64_t k, const Build& build, doub
     if (attempt > 0) build(a);
     a.diagonal().array() += static_cast<S>(eta);
     const bool factored = BlockedCholesky<S>(a, ctx);
-    if (ctx.should_stop && ctx.should_stop()) return absl::CancelledError("factorization cancelled");
+    if (ctx.should_stop && ctx.should_stop())
+      return absl::CancelledError("factorization cancelled");
     if (!factored) continue;
     MatS<S> u = LowerInverse<S>(a, ctx);
     if (!u.allFinite()) continue;
@@ -113,21 +121,25 @@ absl::StatusOr<MatS<S>> UpperFactorOfInverse(int64_t k, const Build& build, doub
     *retries = attempt;
     return u;
   }
-  return absl::FailedPreconditionError(absl::StrCat(
-      "Hessian X~X~^T is not positive definite even with damping ", eta / 10,
-      " (", damping, " x 10^", max_retries, " of its mean diagonal ", mean_diag, ")"));
+  return absl::FailedPreconditionError(
+      absl::StrCat("Hessian X~X~^T is not positive definite even with damping ", eta / 10, " (",
+                   damping, " x 10^", max_retries, " of its mean diagonal ", mean_diag, ")"));
 }
 
 template <typename S>
 MatS<S>& FactorOf(OptqFactor& f);
 template <>
-MatS<float>& FactorOf<float>(OptqFactor& f) { return f.u32; }
+MatS<float>& FactorOf<float>(OptqFactor& f) {
+  return f.u32;
+}
 template <>
-MatS<double>& FactorOf<double>(OptqFactor& f) { return f.u64; }
+MatS<double>& FactorOf<double>(OptqFactor& f) {
+  return f.u64;
+}
 
 template <typename S>
-absl::Status Prepare(const Eigen::Ref<const MatrixXf>& gram, const LayerOptions& opts, const RunContext& ctx,
-                     OptqFactor* f) {
+absl::Status Prepare(const Eigen::Ref<const MatrixXf>& gram, const LayerOptions& opts,
+                     const RunContext& ctx, OptqFactor* f) {
   const int64_t k = gram.rows();
   f->precision = opts.precision;
   f->act_order = opts.act_order;
@@ -152,8 +164,9 @@ absl::Status Prepare(const Eigen::Ref<const MatrixXf>& gram, const LayerOptions&
         a(r, r) = S(1);
       }
   };
-  AXEQ_ASSIGN_OR_RETURN(FactorOf<S>(*f), UpperFactorOfInverse<S>(k, build, opts.damping, opts.max_damping_retries,
-                                                                 &f->damping, &f->damping_retries, ctx));
+  AXEQ_ASSIGN_OR_RETURN(FactorOf<S>(*f),
+                        UpperFactorOfInverse<S>(k, build, opts.damping, opts.max_damping_retries,
+                                                &f->damping, &f->damping_retries, ctx));
   return absl::OkStatus();
 }
 
@@ -218,14 +231,15 @@ absl::StatusOr<GreedyResult> RunOptq(const Eigen::Ref<const MatrixXf>& weights,
   return internal::OptqImpl<float>(weights, gram, scales, constraints, opts, ctx, prepared);
 }
 
-absl::StatusOr<std::shared_ptr<const OptqFactor>> PrepareOptq(const Eigen::Ref<const MatrixXf>& gram,
-                                                              const LayerOptions& opts,
-                                                              const RunContext& ctx) {
+absl::StatusOr<std::shared_ptr<const OptqFactor>> PrepareOptq(
+    const Eigen::Ref<const MatrixXf>& gram, const LayerOptions& opts, const RunContext& ctx) {
   auto f = std::make_shared<OptqFactor>();
   if (gram.rows() != gram.cols() || gram.rows() == 0)
-    return absl::InvalidArgumentError(absl::StrCat("gram must be square and non-empty, got [", gram.rows(), ", ", gram.cols(), "]"));
-  absl::Status s = opts.precision == Precision::kFloat64 ? internal::Prepare<double>(gram, opts, ctx, f.get())
-                                                         : internal::Prepare<float>(gram, opts, ctx, f.get());
+    return absl::InvalidArgumentError(absl::StrCat("gram must be square and non-empty, got [",
+                                                   gram.rows(), ", ", gram.cols(), "]"));
+  absl::Status s = opts.precision == Precision::kFloat64
+                       ? internal::Prepare<double>(gram, opts, ctx, f.get())
+                       : internal::Prepare<float>(gram, opts, ctx, f.get());
   if (!s.ok()) return s;
   return std::shared_ptr<const OptqFactor>(std::move(f));
 }

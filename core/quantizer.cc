@@ -1,10 +1,9 @@
 // Weight and activation quantizers (Eq. 1, 26).
 #include "core/quantizer.h"
 
-#include <cstring>
-
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -68,7 +67,9 @@ struct FakeQuant {
         zp(static_cast<float>(q.zero_point)),
         inv(1.0f / q.scale),
         scale(q.scale) {}
-  float operator()(float x) const { return scale * (std::clamp(std::nearbyint(x * inv) + zp, lo, hi) - zp); }
+  float operator()(float x) const {
+    return scale * (std::clamp(std::nearbyint(x * inv) + zp, lo, hi) - zp);
+  }
   float lo, hi, zp, inv, scale;
 };
 
@@ -105,11 +106,16 @@ double ActivationQuantizer::MeanSquaredError(const float* x, int64_t n) const {
 
 const char* ActivationRangeName(ActivationRange r) {
   switch (r) {
-    case ActivationRange::kMinMax: return "minmax";
-    case ActivationRange::kPercentile: return "percentile";
-    case ActivationRange::kMse: return "mse";
-    case ActivationRange::kOutput: return "output";
-    case ActivationRange::kAuto: return "auto";
+    case ActivationRange::kMinMax:
+      return "minmax";
+    case ActivationRange::kPercentile:
+      return "percentile";
+    case ActivationRange::kMse:
+      return "mse";
+    case ActivationRange::kOutput:
+      return "output";
+    case ActivationRange::kAuto:
+      return "auto";
   }
   return "unknown";
 }
@@ -154,16 +160,16 @@ absl::Status CheckFinite(const Eigen::Ref<const MatrixXf>& m, const char* name) 
   int64_t bad = 0, first_r = -1, first_c = -1;
   for (int64_t r = 0; r < m.rows(); ++r) {
     const float* row = m.row(r).data();
-    for (int64_t c = FirstNonFinite(row, m.cols()); c >= 0;) {  // counted only when something is wrong
+    for (int64_t c = FirstNonFinite(row, m.cols());
+         c >= 0;) {  // counted only when something is wrong
       if (bad++ == 0) first_r = r, first_c = c;
       const int64_t next = FirstNonFinite(row + c + 1, m.cols() - c - 1);
       c = next < 0 ? -1 : c + 1 + next;
     }
   }
   if (bad == 0) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(name, " has ", bad,
-                                                 " NaN/Inf values (first at row ", first_r,
-                                                 ", col ", first_c, ")"));
+  return absl::InvalidArgumentError(absl::StrCat(
+      name, " has ", bad, " NaN/Inf values (first at row ", first_r, ", col ", first_c, ")"));
 }
 
 namespace {
@@ -179,7 +185,6 @@ double Percentile(std::vector<float>& v, double p) {
   const double b = *std::min_element(v.begin() + i + 1, v.end());
   return static_cast<float>(a + (pos - static_cast<double>(i)) * (b - a));
 }
-
 
 // Output error of `q` on the sampled rows xs: sum over rows of ||(x - q(x)) W^T||^2 in double;
 // through G = W^T W (gram, K x K) when W has more rows than columns.
@@ -210,33 +215,39 @@ ActivationQuantizer OutputErrorSearch(const Eigen::Ref<const MatrixXf>& x, const
     for (int64_t r = 0; r < n; ++r) peak[r] = x.row(r).cwiseAbs().maxCoeff();
     std::vector<int64_t> order(n);
     for (int64_t r = 0; r < n; ++r) order[r] = r;
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return peak[a] > peak[b]; });
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t a, int64_t b) { return peak[a] > peak[b]; });
     std::vector<char> top(n, 0);
-    for (int64_t i = 0; i < kOutputTopRows; ++i) top[order[i]] = 1, pick.push_back(order[i]), weight.push_back(1.0);
+    for (int64_t i = 0; i < kOutputTopRows; ++i)
+      top[order[i]] = 1, pick.push_back(order[i]), weight.push_back(1.0);
     const int64_t rest = n - kOutputTopRows, stride = (rest + kOutputMaxRows - kOutputTopRows - 1) /
-                                                          (kOutputMaxRows - kOutputTopRows);
+                                                      (kOutputMaxRows - kOutputTopRows);
     std::vector<int64_t> taken;
     for (int64_t r = 0, j = 0; r < n; ++r)
       if (!top[r] && j++ % stride == 0) taken.push_back(r);
-    for (int64_t r : taken) pick.push_back(r), weight.push_back(static_cast<double>(rest) / taken.size());
+    for (int64_t r : taken)
+      pick.push_back(r), weight.push_back(static_cast<double>(rest) / taken.size());
   }
   MatrixXf xs(static_cast<int64_t>(pick.size()), x.cols());
   for (size_t i = 0; i < pick.size(); ++i) xs.row(static_cast<int64_t>(i)) = x.row(pick[i]);
-  const Eigen::VectorXd row_weight = Eigen::Map<const Eigen::VectorXd>(weight.data(), weight.size());
+  const Eigen::VectorXd row_weight =
+      Eigen::Map<const Eigen::VectorXd>(weight.data(), weight.size());
   MatrixXf gram;
   if (w.rows() > w.cols()) gram = w.transpose() * w;
   const MatrixXf* g = w.rows() > w.cols() ? &gram : nullptr;
   const int grid = static_cast<int>(cand.size()) - 1;  // the percentile candidate is last
   std::vector<double> err(cand.size(), -1.0);
   auto score = [&](int i) {
-    if (i >= 0 && i < static_cast<int>(cand.size()) && err[i] < 0) err[i] = OutputError(xs, row_weight, w, g, cand[i]);
+    if (i >= 0 && i < static_cast<int>(cand.size()) && err[i] < 0)
+      err[i] = OutputError(xs, row_weight, w, g, cand[i]);
   };
   for (int i = 0; i < grid; i += kOutputCoarseStep) score(i);
   score(grid - 1);  // min/max
   score(grid);      // percentile
   std::vector<int> order(cand.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
-  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return input_err[a] < input_err[b]; });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int a, int b) { return input_err[a] < input_err[b]; });
   for (int i = 0; i < kOutputInputFinalists; ++i) score(order[i]);
   auto argmin = [&] {
     int b = -1;
@@ -260,16 +271,18 @@ absl::StatusOr<ActivationQuantizer> CalibrateActivations(const Eigen::Ref<const 
   if (auto s = CheckFinite(x, "calibration inputs"); !s.ok()) return s;
   if (!(cal.low_percentile >= 0 && cal.low_percentile < cal.high_percentile &&
         cal.high_percentile <= 100)) {
-    return absl::InvalidArgumentError(absl::StrCat("activation percentiles must satisfy 0 <= low < high <= 100, got ",
-                                                   cal.low_percentile, " / ", cal.high_percentile));
+    return absl::InvalidArgumentError(
+        absl::StrCat("activation percentiles must satisfy 0 <= low < high <= 100, got ",
+                     cal.low_percentile, " / ", cal.high_percentile));
   }
   if (cal.method == ActivationRange::kOutput || cal.method == ActivationRange::kAuto) {
     if (weights == nullptr)
-      return absl::InvalidArgumentError("the output-error activation range needs the layer's weights");
+      return absl::InvalidArgumentError(
+          "the output-error activation range needs the layer's weights");
     if (weights->cols() != x.cols() || weights->size() == 0)
-      return absl::InvalidArgumentError(absl::StrCat("the output-error activation range needs weights with K = ",
-                                                     x.cols(), " columns, got ", weights->rows(), " x ",
-                                                     weights->cols()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("the output-error activation range needs weights with K = ", x.cols(),
+                       " columns, got ", weights->rows(), " x ", weights->cols()));
     if (auto s = CheckFinite(*weights, "weights"); !s.ok()) return s;
   }
   std::vector<float> v;  // all values, row-major
@@ -293,7 +306,8 @@ absl::StatusOr<ActivationQuantizer> CalibrateActivations(const Eigen::Ref<const 
   std::vector<ActivationQuantizer> cand;  // grid a_0..a_99 (a_99 = 1: min/max), then percentile
   cand.reserve(kSteps + 1);
   for (int i = 0; i < kSteps; ++i) {
-    const double a = i == kSteps - 1 ? 1.0 : 0.3 + static_cast<double>(i) * ((1.0 - 0.3) / (kSteps - 1));
+    const double a =
+        i == kSteps - 1 ? 1.0 : 0.3 + static_cast<double>(i) * ((1.0 - 0.3) / (kSteps - 1));
     cand.push_back(QuantizerForRange(a * lo, a * hi, spec));
   }
   cand.push_back(pct);
@@ -319,7 +333,8 @@ absl::StatusOr<std::vector<ActivationQuantizer>> ActivationCandidates(
     c.method = m;
     AXEQ_ASSIGN_OR_RETURN(ActivationQuantizer q, CalibrateActivations(x, spec, c, weights));
     bool seen = false;
-    for (const ActivationQuantizer& o : out) seen |= o.scale == q.scale && o.zero_point == q.zero_point;
+    for (const ActivationQuantizer& o : out)
+      seen |= o.scale == q.scale && o.zero_point == q.zero_point;
     if (!seen) out.push_back(q);
   }
   return out;

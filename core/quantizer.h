@@ -72,11 +72,12 @@ MatrixXf Dequantize(const Eigen::Ref<const MatrixXi8>& codes,
 //              C > K), in double, on at most kOutputMaxRows rows: all of them, or the
 //              kOutputTopRows rows with the largest max|x| (outlier tokens; ties: lower index) plus
 //              every s-th of the other rows in order (s = ceil(rest / (kOutputMaxRows -
-//              kOutputTopRows))), each of those weighted rest / taken. Scored: the grid points i = 0, 10, ..., 90, 99
-//              (min/max), the percentile range, the kOutputInputFinalists best by input MSE (so the
-//              kMse choice is always among them), then a pattern search around the best grid point
-//              (+-5, +-3, +-2, +-1); the smallest output error wins, the lowest index on ties. Never
-//              worse in output error than kMinMax, kPercentile or kMse on the rows it scores.
+//              kOutputTopRows))), each of those weighted rest / taken. Scored: the grid points i =
+//              0, 10, ..., 90, 99 (min/max), the percentile range, the kOutputInputFinalists best
+//              by input MSE (so the kMse choice is always among them), then a pattern search around
+//              the best grid point
+//              (+-5, +-3, +-2, +-1); the smallest output error wins, the lowest index on ties.
+//              Never worse in output error than kMinMax, kPercentile or kMse on the rows it scores.
 //              Needs the weights (CalibrateActivations' `weights`).
 //  kAuto       end to end: the layer is quantized with each distinct range of ActivationCandidates
 //              (kOutput's, kMinMax's, kPercentile's) and the result with the least relative output

@@ -126,7 +126,8 @@ TEST(ActivationRangeSearch, NeverWorseThanMinMaxOrPercentileAndEqualsItsTwin) {
   EXPECT_GT(clipped, 0) << "heavy tails: the search should clip the min/max range somewhere";
 }
 
-// ||(x - q(x)) W^T||^2 over all rows, in double: the output error kOutput minimizes, written plainly.
+// ||(x - q(x)) W^T||^2 over all rows, in double: the output error kOutput minimizes, written
+// plainly.
 double OutputErr(const MatrixXf& x, const MatrixXf& w, const ActivationQuantizer& q) {
   return ((x - q.Apply(x)).cast<double>() * w.cast<double>().transpose()).squaredNorm();
 }
@@ -149,7 +150,8 @@ TEST(ActivationRangeSearch, OutputErrorNeverWorseThanTheOtherRulesAndNearTheExha
       const double e = OutputErr(x, w, *out);
       const std::string what = absl::StrCat("signed=", is_signed, " C=", c);
       double exhaustive = std::numeric_limits<double>::infinity();
-      for (ActivationRange m : {ActivationRange::kMinMax, ActivationRange::kPercentile, ActivationRange::kMse}) {
+      for (ActivationRange m :
+           {ActivationRange::kMinMax, ActivationRange::kPercentile, ActivationRange::kMse}) {
         auto q = CalibrateActivations(x, in, m);
         ASSERT_TRUE(q.ok());
         EXPECT_LE(e, OutputErr(x, w, *q) * (1 + 1e-6)) << what << " vs " << ActivationRangeName(m);
@@ -285,7 +287,8 @@ TEST(Finite, FirstNonFiniteAndCheckFinite) {
   auto s = CheckFinite(m, "w");
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(s.message(), "w has 3 NaN/Inf values (first at row 1, col 1500)");
-  EXPECT_EQ(CheckFinite(m.block(0, 1000, 3, 600), "b").message(), "b has 1 NaN/Inf values (first at row 1, col 500)");
+  EXPECT_EQ(CheckFinite(m.block(0, 1000, 3, 600), "b").message(),
+            "b has 1 NaN/Inf values (first at row 1, col 500)");
 }
 
 }  // namespace

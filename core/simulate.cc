@@ -36,11 +36,14 @@ struct Register {
 
 absl::Status Check(const Eigen::Ref<const MatrixXi8>& codes, int64_t k, const DatapathSpec& s) {
   if (codes.cols() != k)
-    return absl::InvalidArgumentError(absl::StrCat("inputs have ", k, " columns, codes have ", codes.cols()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("inputs have ", k, " columns, codes have ", codes.cols()));
   if (s.accumulator.bits < 2 || s.accumulator.bits > 62)
-    return absl::InvalidArgumentError(absl::StrCat("accumulator bits must be in [2, 62], got ", s.accumulator.bits));
+    return absl::InvalidArgumentError(
+        absl::StrCat("accumulator bits must be in [2, 62], got ", s.accumulator.bits));
   if (s.outer_bits != 0 && (s.outer_bits < 2 || s.outer_bits > 62))
-    return absl::InvalidArgumentError(absl::StrCat("outer bits must be 0 (wide) or in [2, 62], got ", s.outer_bits));
+    return absl::InvalidArgumentError(
+        absl::StrCat("outer bits must be 0 (wide) or in [2, 62], got ", s.outer_bits));
   if (s.accumulator.tile_size < 0) return absl::InvalidArgumentError("tile size must be >= 0");
   return absl::OkStatus();
 }
@@ -62,8 +65,8 @@ int64_t Dot(const int8_t* q, const int32_t* x, int64_t k, int64_t t, const Regis
   return out;
 }
 
-void Account(int64_t got, int64_t want, int64_t events_before, int64_t events_after, SimulationStats* s,
-             double* err2, double* ref2) {
+void Account(int64_t got, int64_t want, int64_t events_before, int64_t events_after,
+             SimulationStats* s, double* err2, double* ref2) {
   ++s->dot_products;
   if (events_after > events_before) ++s->overflowing_dot_products;
   if (got != want) {
@@ -77,7 +80,8 @@ void Account(int64_t got, int64_t want, int64_t events_before, int64_t events_af
 // Runs channel r against every input row (own_rows = false), or only against rows 2r and 2r + 1
 // (own_rows = true: the per-channel worst cases of WorstCaseInputs).
 absl::StatusOr<SimulationStats> Run(const Eigen::Ref<const MatrixXi8>& codes, const MatrixXi32& x,
-                                    const DatapathSpec& spec, bool own_rows, MatrixXi64* outputs = nullptr) {
+                                    const DatapathSpec& spec, bool own_rows,
+                                    MatrixXi64* outputs = nullptr) {
   if (auto st = Check(codes, x.cols(), spec); !st.ok()) return st;
   const int64_t c = codes.rows(), k = codes.cols();
   const int64_t t = spec.accumulator.EffectiveTile(k);
@@ -89,7 +93,8 @@ absl::StatusOr<SimulationStats> Run(const Eigen::Ref<const MatrixXi8>& codes, co
   auto one = [&](int64_t r, int64_t d) {
     int64_t wide;
     const int64_t before = s.overflow_events;
-    const int64_t got = Dot(q.row(r).data(), x.row(d).data(), k, t, inner, outer, &s.overflow_events, &wide);
+    const int64_t got =
+        Dot(q.row(r).data(), x.row(d).data(), k, t, inner, outer, &s.overflow_events, &wide);
     Account(got, wide, before, s.overflow_events, &s, &err2, &ref2);
     if (outputs) (*outputs)(d, r) = got;
   };
@@ -135,12 +140,14 @@ MatrixXi32 WorstCaseInputs(const Eigen::Ref<const MatrixXi8>& codes, const Input
 }
 
 absl::StatusOr<SimulationStats> SimulateWorstCase(const Eigen::Ref<const MatrixXi8>& codes,
-                                                  const InputSpec& inputs, const DatapathSpec& spec) {
+                                                  const InputSpec& inputs,
+                                                  const DatapathSpec& spec) {
   return Run(codes, WorstCaseInputs(codes, inputs), spec, /*own_rows=*/true);
 }
 
 MatrixXi32 InputCodes(const Eigen::Ref<const MatrixXf>& x, const ActivationQuantizer& q) {
-  const float lo = static_cast<float>(q.spec.min_code()), hi = static_cast<float>(q.spec.max_code());
+  const float lo = static_cast<float>(q.spec.min_code()),
+              hi = static_cast<float>(q.spec.max_code());
   const float inv = 1.0f / q.scale, zp = static_cast<float>(q.zero_point);
   MatrixXi32 out(x.rows(), x.cols());
   for (int64_t r = 0; r < x.rows(); ++r)

@@ -18,9 +18,10 @@ enum class OverflowMode { kWrap, kSaturate };
 
 struct DatapathSpec {
   // P (P_I per tile), T in the original input order (0 = monolithic) and the register range:
-  // two's complement [-2^(P-1), 2^(P-1)-1] (the simulator's default, as most hardware) or symmetric.
+  // two's complement [-2^(P-1), 2^(P-1)-1] (the simulator's default, as most hardware) or
+  // symmetric.
   AccumulatorSpec accumulator{16, 0, /*twos_complement=*/true};
-  int outer_bits = 0;          // P_O of the tile-sum register; 0 = wide (no outer overflow)
+  int outer_bits = 0;  // P_O of the tile-sum register; 0 = wide (no outer overflow)
   OverflowMode mode = OverflowMode::kWrap;
 };
 
@@ -60,11 +61,13 @@ MatrixXi32 WorstCaseInputs(const Eigen::Ref<const MatrixXi8>& codes, const Input
 
 // Simulates each channel only against its own two worst-case input vectors (Eq. 6).
 absl::StatusOr<SimulationStats> SimulateWorstCase(const Eigen::Ref<const MatrixXi8>& codes,
-                                                  const InputSpec& inputs, const DatapathSpec& spec);
+                                                  const InputSpec& inputs,
+                                                  const DatapathSpec& spec);
 
 // Returns the integer input codes of float inputs under an activation quantizer (zero-point
 // removed: code - zero_point is what a zero-point-free accumulator sees for signed inputs; for
-// unsigned inputs the raw code in [0, 2^N - 1] is accumulated and the zero-point corrected outside).
+// unsigned inputs the raw code in [0, 2^N - 1] is accumulated and the zero-point corrected
+// outside).
 MatrixXi32 InputCodes(const Eigen::Ref<const MatrixXf>& x, const ActivationQuantizer& q);
 
 }  // namespace axeq

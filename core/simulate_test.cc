@@ -21,17 +21,18 @@ TEST(Simulate, WrapAndSaturateByHand) {
   spec.accumulator.bits = 8;  // [-128, 127]
   auto wrap = SimulateDatapath(q, x, spec);
   ASSERT_TRUE(wrap.ok());
-  EXPECT_EQ(wrap->overflow_events, 2);       // 200 wraps to -56; -56 - 100 = -156 wraps back
-  EXPECT_EQ(wrap->wrong_outputs, 0);         // wrapping is exact when the final sum fits
+  EXPECT_EQ(wrap->overflow_events, 2);  // 200 wraps to -56; -56 - 100 = -156 wraps back
+  EXPECT_EQ(wrap->wrong_outputs, 0);    // wrapping is exact when the final sum fits
   spec.mode = OverflowMode::kSaturate;
   auto sat = SimulateDatapath(q, x, spec);
   ASSERT_TRUE(sat.ok());
-  EXPECT_EQ(sat->wrong_outputs, 1);          // 127 - 100 = 27 != 100
+  EXPECT_EQ(sat->wrong_outputs, 1);  // 127 - 100 = 27 != 100
   EXPECT_EQ(sat->max_abs_error, 73);
   spec.accumulator.bits = 9;
   auto ok = SimulateDatapath(q, x, spec);
   EXPECT_EQ(ok->overflow_events, 0);
-  EXPECT_EQ(SimulateDatapath(q, MatrixXi32(1, 2), spec).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(SimulateDatapath(q, MatrixXi32(1, 2), spec).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(Simulate, CertifiedCodesNeverOverflowUncertifiedDo) {

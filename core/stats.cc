@@ -45,7 +45,8 @@ namespace {
 // Calls fn(j) for j in [0, n) through ctx.parallel_for, or serially.
 template <typename Fn>
 void ForEach(int64_t n, const RunContext& ctx, Fn&& fn) {
-  if (ctx.parallel_for && n > 1) ctx.parallel_for(n, fn);
+  if (ctx.parallel_for && n > 1)
+    ctx.parallel_for(n, fn);
   else
     for (int64_t j = 0; j < n; ++j) fn(j);
 }
@@ -53,8 +54,10 @@ void ForEach(int64_t n, const RunContext& ctx, Fn&& fn) {
 // dst (+)= src in double: the first block assigns (no zero-fill pass over K x K doubles).
 template <typename Dst, typename Src>
 void Accumulate(Dst&& dst, const Src& src, bool first) {
-  if (first) dst = src.template cast<double>();
-  else dst += src.template cast<double>();
+  if (first)
+    dst = src.template cast<double>();
+  else
+    dst += src.template cast<double>();
 }
 
 }  // namespace
@@ -114,7 +117,8 @@ MatrixXf NormalisedCopy(const Eigen::MatrixXd& m, double inv, bool lower, const 
       const int64_t i0 = ti * kTile, i1 = std::min(k, i0 + kTile);
       for (int64_t j0 = 0; j0 < k; j0 += kTile)
         for (int64_t i = i0; i < i1; ++i)
-          for (int64_t j = j0; j < std::min(k, j0 + kTile); ++j) out(i, j) = static_cast<float>(m(i, j) * inv);
+          for (int64_t j = j0; j < std::min(k, j0 + kTile); ++j)
+            out(i, j) = static_cast<float>(m(i, j) * inv);
     });
     return out;
   }

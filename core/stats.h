@@ -56,7 +56,7 @@ class StatsAccumulator {
   bool keep_cross_, keep_xx_;
   // Allocated by the first block: lower triangles of X~^T X~ and X^T X; X~^T X in full.
   Eigen::MatrixXd gram_, xx_, cross_;
-  Eigen::MatrixXf scratch_;             // [K, K] float block products, columns owned per task
+  Eigen::MatrixXf scratch_;  // [K, K] float block products, columns owned per task
   Eigen::VectorXd sum_x_, sum_xq_;
 };
 

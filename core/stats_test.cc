@@ -30,7 +30,10 @@ MatrixXf Rows(int64_t d, int64_t k, uint64_t seed) {
 
 RunContext PoolContext(ThreadPool* pool) {
   RunContext ctx;
-  if (pool) ctx.parallel_for = [pool](int64_t n, const std::function<void(int64_t)>& f) { pool->ParallelFor(n, f); };
+  if (pool)
+    ctx.parallel_for = [pool](int64_t n, const std::function<void(int64_t)>& f) {
+      pool->ParallelFor(n, f);
+    };
   return ctx;
 }
 
@@ -80,7 +83,8 @@ TEST(Stats, Float32BlocksWithinTheDotProductErrorBound) {
   const Eigen::MatrixXd xd = x.cast<double>(), xqd = xq.cast<double>();
   const double u = std::ldexp(1.0, -24), n = StatsAccumulator::kBlockRows;
   const double gamma = n * u / (1 - n * u);
-  auto check = [&](const MatrixXf& got, const Eigen::MatrixXd& a, const Eigen::MatrixXd& b, const char* what) {
+  auto check = [&](const MatrixXf& got, const Eigen::MatrixXd& a, const Eigen::MatrixXd& b,
+                   const char* what) {
     const Eigen::MatrixXd exact = a.transpose() * b / 600.0;
     const Eigen::MatrixXd mag = a.cwiseAbs().transpose() * b.cwiseAbs() / 600.0;
     int64_t over = 0;

@@ -10,10 +10,10 @@
 #define AXEQ_STATUS_CONCAT_(a, b) AXEQ_STATUS_CONCAT_INNER_(a, b)
 
 // Returns the status from the enclosing function if `expr` is not OK.
-#define AXEQ_RETURN_IF_ERROR(expr)                 \
-  do {                                             \
-    const ::absl::Status axeq_status_ = (expr);    \
-    if (!axeq_status_.ok()) return axeq_status_;   \
+#define AXEQ_RETURN_IF_ERROR(expr)               \
+  do {                                           \
+    const ::absl::Status axeq_status_ = (expr);  \
+    if (!axeq_status_.ok()) return axeq_status_; \
   } while (0)
 
 #define AXEQ_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr) \

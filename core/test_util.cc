@@ -1,10 +1,10 @@
 // Random layers for property tests (see test_util.h).
 #include "core/test_util.h"
 
-#include <cstdio>
-#include <cstdlib>
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 
 namespace axeq::testing {
@@ -28,7 +28,8 @@ RandomLayer MakeRandomLayer(std::mt19937_64& rng, int64_t c, int64_t k, int64_t 
     for (int64_t i = 0; i < k; ++i) l.weights(r, i) = 0.05f * row_scale * heavy(rng);
   }
   Eigen::VectorXf ch_scale(k);
-  for (int64_t i = 0; i < k; ++i) ch_scale(i) = std::exp(1.2f * normal(rng));  // heavy-tailed channels
+  for (int64_t i = 0; i < k; ++i)
+    ch_scale(i) = std::exp(1.2f * normal(rng));  // heavy-tailed channels
   l.x.resize(d, k);
   for (int64_t s = 0; s < d; ++s)
     for (int64_t i = 0; i < k; ++i) {

@@ -1,13 +1,13 @@
 // Fixed-size thread pool with a blocking ParallelFor (dynamic scheduling over an atomic index).
 #include "core/thread_pool.h"
 
-#include <algorithm>
-#include <atomic>
-#include <memory>
-
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <memory>
 
 namespace axeq {
 

@@ -1,5 +1,5 @@
-// A fixed-size thread pool for hosts of the engine (CLI, server, benchmarks). The engine itself owns
-// no threads: hosts hand it ParallelFor through RunContext::parallel_for.
+// A fixed-size thread pool for hosts of the engine (CLI, server, benchmarks). The engine itself
+// owns no threads: hosts hand it ParallelFor through RunContext::parallel_for.
 #ifndef AXEQ_CORE_THREAD_POOL_H_
 #define AXEQ_CORE_THREAD_POOL_H_
 

@@ -189,7 +189,8 @@ TEST(ResultFile, MissingOrMisshapedFieldsNameTheLayer) {
 TEST(ResultFile, WrongTypedJsonFieldsNeverThrow) {
   SafetensorsFile f = ResultToSafetensors({SampleLayer("fc", 0)});
   nlohmann::json rep = nlohmann::json::parse(f.metadata["fc.report"]);
-  for (const char* key : {"max_l1", "sparsity", "method", "damping_retries", "seconds", "bias_corrected"})
+  for (const char* key :
+       {"max_l1", "sparsity", "method", "damping_retries", "seconds", "bias_corrected"})
     rep[key] = nlohmann::json::array({"x"});
   f.metadata["fc.report"] = rep.dump();
   nlohmann::json cert = nlohmann::json::parse(f.metadata["fc.certificate"]);

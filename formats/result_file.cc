@@ -24,10 +24,14 @@ T Field(const nlohmann::json& j, const char* key, T fallback) {
   if (!j.is_object() || !j.contains(key)) return fallback;
   const nlohmann::json& v = j[key];
   bool ok;
-  if constexpr (std::is_same_v<T, bool>) ok = v.is_boolean();
-  else if constexpr (std::is_same_v<T, std::string>) ok = v.is_string();
-  else if constexpr (std::is_integral_v<T>) ok = v.is_number_integer();
-  else ok = v.is_number();
+  if constexpr (std::is_same_v<T, bool>)
+    ok = v.is_boolean();
+  else if constexpr (std::is_same_v<T, std::string>)
+    ok = v.is_string();
+  else if constexpr (std::is_integral_v<T>)
+    ok = v.is_number_integer();
+  else
+    ok = v.is_number();
   return ok ? v.get<T>() : fallback;
 }
 

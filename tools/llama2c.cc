@@ -86,17 +86,20 @@ void Rope(MatrixXf* x, int head_size) {
 }
 
 // y = s_x * s_c * (acc - zp * sum_i q_ci) with acc the register's value of sum_i q_ci x_i.
-MatrixXf IntegerForward(const IntegerLinear& l, const ActivationQuantizer& act, const MatrixXf& in) {
+MatrixXf IntegerForward(const IntegerLinear& l, const ActivationQuantizer& act,
+                        const MatrixXf& in) {
   auto run = RunDatapath(l.codes, InputCodes(in, act), l.datapath);
-  if (!run.ok()) return MatrixXf::Constant(in.rows(), l.codes.rows(), NAN);  // specs were checked at load
+  if (!run.ok())
+    return MatrixXf::Constant(in.rows(), l.codes.rows(), NAN);  // specs were checked at load
   l.dot_products += run->stats.dot_products;
   l.overflowing += run->stats.overflowing_dot_products;
   const Eigen::VectorXd row_sums = l.codes.cast<double>().rowwise().sum();
   MatrixXf y(in.rows(), l.codes.rows());
   for (int64_t d = 0; d < y.rows(); ++d)
     for (int64_t c = 0; c < y.cols(); ++c)
-      y(d, c) = static_cast<float>(static_cast<double>(act.scale) * l.scales[c] *
-                                   (static_cast<double>(run->outputs(d, c)) - act.zero_point * row_sums[c]));
+      y(d, c) = static_cast<float>(
+          static_cast<double>(act.scale) * l.scales[c] *
+          (static_cast<double>(run->outputs(d, c)) - act.zero_point * row_sums[c]));
   return y;
 }
 

@@ -16,7 +16,6 @@
 #include "absl/status/statusor.h"
 #include "core/quantizer.h"
 #include "core/simulate.h"
-#include "core/simulate.h"
 
 namespace axeq {
 
@@ -53,7 +52,7 @@ struct QuantizedLinear {
   MatrixXf weight;                           // dequantized [out, in] (fake mode)
   std::optional<ActivationQuantizer> input;  // applied to the layer's inputs
   std::optional<Eigen::VectorXf> bias;
-  std::optional<IntegerLinear> integer;      // set: the integer datapath replaces `weight`
+  std::optional<IntegerLinear> integer;  // set: the integer datapath replaces `weight`
 };
 
 // Runs tokens (one sequence, length <= seq_len); returns logits [T, vocab]. capture(name, X)

@@ -8,11 +8,11 @@
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
-#include "gtest/gtest.h"
 #include "client/job.h"
 #include "core/test_util.h"
 #include "core/verify.h"
 #include "formats/result_file.h"
+#include "gtest/gtest.h"
 #include "tools/llama2c.h"
 
 namespace axeq {
@@ -119,7 +119,8 @@ TEST(Job, AutoActivationRangeNeverWorseThanMinMaxOrPercentileOnGpt2) {
       };
       const std::string what = absl::StrCat(layer, gpfq ? " GPFQ mono P=16" : " OPTQ T=32 P_I=14");
       const double automatic = error(ActivationRange::kAuto);
-      const double minmax = error(ActivationRange::kMinMax), pct = error(ActivationRange::kPercentile);
+      const double minmax = error(ActivationRange::kMinMax),
+                   pct = error(ActivationRange::kPercentile);
       const double output = error(ActivationRange::kOutput);
       EXPECT_LE(automatic, std::min(minmax, pct)) << what;
       EXPECT_LE(automatic, output) << what;
