@@ -1,8 +1,8 @@
 // Throughput of the engine against this machine's SGEMM, in one run (figures, not pass/fail).
 // OPTQ and GPFQ, base and AXE, monolithic and T = 128, at layer shapes (K, C); SGEMM at the
 // matching C x K x K; statistics from D rows of K inputs. Counters: GFLOP/s of nominal work
-// (OPTQ: C K^2 + 2/3 K^3; GPFQ: 2 C K^2; SGEMM: 2 C K^2; statistics: 4 K^2 D, i.e. X~^T X~ and X^T X
-// as one triangle each plus X~^T X), `vs_sgemm` = that rate over the SGEMM rate of the same shape
+// (OPTQ: C K^2 + 2/3 K^3; GPFQ: 2 C K^2; SGEMM: 2 C K^2; statistics: 4 K^2 D, i.e. X~^T X~ and X^T
+// X as one triangle each plus X~^T X), `vs_sgemm` = that rate over the SGEMM rate of the same shape
 // measured in the same process (median of 3, taken when the shape is first used), and
 // `x_sgemm_time` = the time over that SGEMM's time. Threads: AXEQ_BENCH_THREADS (default 2).
 // Big shapes: --benchmark_filter=Big.
@@ -15,8 +15,8 @@
 #include <random>
 
 #include "benchmark/benchmark.h"
-#include "core/l1_projection.h"
 #include "core/bounds.h"
+#include "core/l1_projection.h"
 #include "core/layer.h"
 #include "core/stats.h"
 #include "core/thread_pool.h"
@@ -36,7 +36,9 @@ ThreadPool& Pool() {
 
 RunContext Ctx() {
   RunContext ctx;
-  ctx.parallel_for = [](int64_t n, const std::function<void(int64_t)>& f) { Pool().ParallelFor(n, f); };
+  ctx.parallel_for = [](int64_t n, const std::function<void(int64_t)>& f) {
+    Pool().ParallelFor(n, f);
+  };
   return ctx;
 }
 
@@ -86,7 +88,9 @@ void Sgemm(const Fixture& f, MatrixXf* out) {
 struct Timer {
   std::chrono::steady_clock::time_point wall0 = std::chrono::steady_clock::now();
   std::clock_t cpu0 = std::clock();
-  double wall() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count(); }
+  double wall() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
+  }
   double cpu() const { return static_cast<double>(std::clock() - cpu0) / CLOCKS_PER_SEC; }
 };
 
@@ -175,19 +179,26 @@ void BM_Layer(benchmark::State& state, Algorithm alg, bool axe, int tile) {
       cons.hard_clip = true;
       cons.lambdas = SoftThresholds(f.w, scales, 0, tile, L1Radius(16, 8), ctx);
     }
-    auto r = alg == Algorithm::kOptq ? RunOptq(f.w, f.stats.gram, scales, cons, o, ctx)
-                                     : RunGpfq(f.w, f.stats.cross, f.stats.gram, scales, cons, o, ctx);
+    auto r = alg == Algorithm::kOptq
+                 ? RunOptq(f.w, f.stats.gram, scales, cons, o, ctx)
+                 : RunGpfq(f.w, f.stats.cross, f.stats.gram, scales, cons, o, ctx);
     if (!r.ok()) state.SkipWithError(std::string(r.status().message()).c_str());
     Certificate cert = MakeCertificate(r->codes, 4, o.inputs, o.accumulator, ctx);
     const MatrixXf scales2 = scales;  // keep scales alive for the whole iteration
     benchmark::DoNotOptimize(scales2.data());
     benchmark::DoNotOptimize(cert.safe);
   }
-  const double flops = alg == Algorithm::kOptq ? double(c) * k * k + 2.0 / 3.0 * k * k * k : 2.0 * c * k * k;
+  const double flops =
+      alg == Algorithm::kOptq ? double(c) * k * k + 2.0 / 3.0 * k * k * k : 2.0 * c * k * k;
   Report(state, t, flops, k, c);
 }
 
-#define AXEQ_SHAPES ->Args({768, 768})->Args({768, 3072})->Args({4096, 4096})->Unit(benchmark::kMillisecond)->UseRealTime()
+#define AXEQ_SHAPES                   \
+  ->Args({768, 768})                  \
+      ->Args({768, 3072})             \
+      ->Args({4096, 4096})            \
+      ->Unit(benchmark::kMillisecond) \
+      ->UseRealTime()
 BENCHMARK(BM_Sgemm) AXEQ_SHAPES;
 BENCHMARK_CAPTURE(BM_Layer, optq_base, Algorithm::kOptq, false, 0) AXEQ_SHAPES;
 BENCHMARK_CAPTURE(BM_Layer, optq_axe, Algorithm::kOptq, true, 0) AXEQ_SHAPES;
@@ -195,10 +206,23 @@ BENCHMARK_CAPTURE(BM_Layer, optq_axe_t128, Algorithm::kOptq, true, 128) AXEQ_SHA
 BENCHMARK_CAPTURE(BM_Layer, gpfq_base, Algorithm::kGpfq, false, 0) AXEQ_SHAPES;
 BENCHMARK_CAPTURE(BM_Layer, gpfq_axe, Algorithm::kGpfq, true, 0) AXEQ_SHAPES;
 BENCHMARK_CAPTURE(BM_Layer, gpfq_axe_t128, Algorithm::kGpfq, true, 128) AXEQ_SHAPES;
-BENCHMARK(BM_Stats)->Args({768, 2048})->Args({4096, 2048})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Stats)
+    ->Args({768, 2048})
+    ->Args({4096, 2048})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 // Large shapes of Llama-3-8B's MLP; run with --benchmark_filter=Big.
-BENCHMARK_CAPTURE(BM_Layer, Big_optq_axe, Algorithm::kOptq, true, 128)->Args({4096, 14336})->Args({14336, 4096})->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
-BENCHMARK_CAPTURE(BM_Layer, Big_gpfq_axe, Algorithm::kGpfq, true, 128)->Args({14336, 4096})->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
+BENCHMARK_CAPTURE(BM_Layer, Big_optq_axe, Algorithm::kOptq, true, 128)
+    ->Args({4096, 14336})
+    ->Args({14336, 4096})
+    ->Unit(benchmark::kSecond)
+    ->UseRealTime()
+    ->Iterations(1);
+BENCHMARK_CAPTURE(BM_Layer, Big_gpfq_axe, Algorithm::kGpfq, true, 128)
+    ->Args({14336, 4096})
+    ->Unit(benchmark::kSecond)
+    ->UseRealTime()
+    ->Iterations(1);
 
 }  // namespace
 }  // namespace axeq

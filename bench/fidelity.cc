@@ -9,10 +9,10 @@
 // for bench/reference_a2gpfq.py (the reference loop on identical inputs).
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -37,7 +37,8 @@ struct AccConfig {
   const char* label;
   int bits, tile;
 };
-constexpr AccConfig kConfigs[] = {{"T=128 P=16", 16, 128}, {"T=32 P_I=14", 14, 32}, {"mono P=16", 16, 0}};
+constexpr AccConfig kConfigs[] = {
+    {"T=128 P=16", 16, 128}, {"T=32 P_I=14", 14, 32}, {"mono P=16", 16, 0}};
 constexpr ActivationRange kRanges[] = {ActivationRange::kMinMax, ActivationRange::kPercentile,
                                        ActivationRange::kMse, ActivationRange::kOutput};
 constexpr int kOutputIndex = 3;  // its X~ is dumped for the reference comparison
@@ -73,8 +74,8 @@ void Dump(const std::string& path, const MatrixXf& m) {
 
 struct Cell {
   double held[4] = {0, 0, 0, 0};  // the same on the held-out rows
-  double err[4] = {0, 0, 0, 0};  // per range method, the default variant (soft threshold + clip)
-  double hco = 0;  // the auto range, hard clip only (AXE-HCO)
+  double err[4] = {0, 0, 0, 0};   // per range method, the default variant (soft threshold + clip)
+  double hco = 0;                 // the auto range, hard clip only (AXE-HCO)
 };
 
 // Prints, per layer, the relative Frobenius error of the accumulated statistics (float32 blocks of
@@ -95,8 +96,9 @@ void StatsErrors(int64_t k, std::FILE* out) {
         const Eigen::MatrixXd exact = a.transpose() * b / static_cast<double>(d);
         return (got.cast<double>() - exact).norm() / exact.norm();
       };
-      std::fprintf(out, "| %s inputs, D = %lld | %.2e | %.2e | %.2e |\n", l.name, static_cast<long long>(d),
-                  rel(s.gram, xqd, xqd), rel(s.cross, xqd, xd), rel(s.xx, xd, xd));
+      std::fprintf(out, "| %s inputs, D = %lld | %.2e | %.2e | %.2e |\n", l.name,
+                   static_cast<long long>(d), rel(s.gram, xqd, xqd), rel(s.cross, xqd, xd),
+                   rel(s.xx, xd, xd));
     }
 }
 
@@ -104,13 +106,16 @@ int Run(const std::string& data, int64_t rows, const std::string& dump) {
   int failures = 0;
   std::ofstream tsv;  // GPFQ+AXE errors on the mse range, for reference_a2gpfq.py
   if (!dump.empty()) tsv.open(dump + "/axeq_gpfq.tsv");
-  std::printf("| layer | algorithm | accumulator | min/max | percentile | mse | output | auto (default) | auto / "
-              "best of min/max and percentile | same, held-out rows | HCO, auto |\n");
+  std::printf(
+      "| layer | algorithm | accumulator | min/max | percentile | mse | output | auto (default) | "
+      "auto / "
+      "best of min/max and percentile | same, held-out rows | HCO, auto |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const LayerRef& l : kLayers) {
     auto file = ReadSafetensors(data + "/gpt2-attn/" + l.file);
     if (!file.ok()) {
-      std::fprintf(stderr, "cannot read %s: %s\n", l.file, std::string(file.status().message()).c_str());
+      std::fprintf(stderr, "cannot read %s: %s\n", l.file,
+                   std::string(file.status().message()).c_str());
       return 2;
     }
     auto w = TensorToMatrix(file->tensors.at(std::string(l.name) + ".weight"), l.name);
@@ -153,24 +158,28 @@ int Run(const std::string& data, int64_t rows, const std::string& dump) {
           const int si = ri < 4 ? ri : chosen;
           auto res = QuantizeLayer(*w, nullptr, stats[si], o);
           if (!res.ok() || !res->certificate.safe) {
-            std::fprintf(stderr, "%s %s %s: %s\n", l.name, AlgorithmName(alg), c.label,
-                         res.ok() ? "certificate not safe" : std::string(res.status().message()).c_str());
+            std::fprintf(
+                stderr, "%s %s %s: %s\n", l.name, AlgorithmName(alg), c.label,
+                res.ok() ? "certificate not safe" : std::string(res.status().message()).c_str());
             ++failures;
             reported[std::min(ri, 3)] = std::numeric_limits<double>::infinity();
             continue;
           }
           if (ri < 4) reported[ri] = res->report.relative_error;
-          (ri < 4 ? cell.err[ri] : cell.hco) = RelativeError(x, *w, xqs[si], res->DequantizedWeights());
-          if (ri < 4) cell.held[ri] = RelativeError(held, *w, held_q[si], res->DequantizedWeights());
+          (ri < 4 ? cell.err[ri] : cell.hco) =
+              RelativeError(x, *w, xqs[si], res->DequantizedWeights());
+          if (ri < 4)
+            cell.held[ri] = RelativeError(held, *w, held_q[si], res->DequantizedWeights());
         }
         if (tsv.is_open() && alg == Algorithm::kGpfq)
-          tsv << l.name << '\t' << c.label << '\t' << cell.err[kOutputIndex] << '\t' << rows << '\t' << w->cols()
-              << '\t' << w->rows() << '\n';
+          tsv << l.name << '\t' << c.label << '\t' << cell.err[kOutputIndex] << '\t' << rows << '\t'
+              << w->cols() << '\t' << w->rows() << '\n';
         const double best_fixed = std::min(cell.err[0], cell.err[1]);
-        std::printf("| %s | %s+AXE | %s | %.4f | %.4f | %.4f | %.4f | %.4f | %.3fx | %.3fx | %.4f |\n",
-                    l.name, AlgorithmName(alg), c.label, cell.err[0], cell.err[1], cell.err[2],
-                    cell.err[3], cell.err[chosen], cell.err[chosen] / best_fixed,
-                    cell.held[chosen] / std::min(cell.held[0], cell.held[1]), cell.hco);
+        std::printf(
+            "| %s | %s+AXE | %s | %.4f | %.4f | %.4f | %.4f | %.4f | %.3fx | %.3fx | %.4f |\n",
+            l.name, AlgorithmName(alg), c.label, cell.err[0], cell.err[1], cell.err[2], cell.err[3],
+            cell.err[chosen], cell.err[chosen] / best_fixed,
+            cell.held[chosen] / std::min(cell.held[0], cell.held[1]), cell.hco);
       }
   }
   // The statistics table goes to DUMP/stats.md (or after the first table).
@@ -189,9 +198,12 @@ int main(int argc, char** argv) {
   std::string data = "../shared/data", dump;
   int64_t rows = 512;
   for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--data")) data = argv[i + 1];
-    else if (!std::strcmp(argv[i], "--rows")) rows = std::atoll(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--dump")) dump = argv[i + 1];
+    if (!std::strcmp(argv[i], "--data"))
+      data = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--rows"))
+      rows = std::atoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--dump"))
+      dump = argv[i + 1];
     else {
       std::fprintf(stderr, "usage: fidelity [--data DIR] [--rows D] [--dump DIR]\n");
       return 2;

@@ -32,8 +32,9 @@ struct EvalFlags {
 // The integer datapath of one layer as the flags (or its certificate) say.
 absl::StatusOr<IntegerLinear> IntegerFor(const QuantizedLayer& l, const EvalFlags& f) {
   if (l.scales.cols() != 1)
-    return absl::FailedPreconditionError(absl::StrCat("layer ", l.name, ": --integer needs per-channel scales, it has ",
-                                                      l.scales.cols(), " groups"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("layer ", l.name, ": --integer needs per-channel scales, it has ",
+                     l.scales.cols(), " groups"));
   IntegerLinear il;
   il.codes = l.codes;
   il.scales = l.scales.col(0);
@@ -44,7 +45,8 @@ absl::StatusOr<IntegerLinear> IntegerFor(const QuantizedLayer& l, const EvalFlag
   il.datapath.outer_bits = f.outer_bits >= 0 ? f.outer_bits : OuterAccumulatorBits(acc, l.inputs());
   il.datapath.mode = f.saturate ? OverflowMode::kSaturate : OverflowMode::kWrap;
   if (acc.bits < 2 || acc.bits > 62 || il.datapath.outer_bits > 62)
-    return absl::InvalidArgumentError(absl::StrCat("--acc-bits must be in [2, 62], got ", acc.bits));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--acc-bits must be in [2, 62], got ", acc.bits));
   return il;
 }
 
@@ -139,7 +141,8 @@ int RunEval(const EvalFlags& f) {
                 100 * (std::exp(qnll) / std::exp(float_nll) - 1));
     if (f.integer) {
       int64_t dots = 0, over = 0;
-      for (const auto& [name, q] : ql) dots += q.integer->dot_products, over += q.integer->overflowing;
+      for (const auto& [name, q] : ql)
+        dots += q.integer->dot_products, over += q.integer->overflowing;
       std::printf("integer datapath: %lld of %lld dot products overflowed the %s register\n",
                   static_cast<long long>(over), static_cast<long long>(dots),
                   f.saturate ? "saturating" : "wrapping");
@@ -179,9 +182,11 @@ Command AddLlama2cEval(CLI::App& app) {
   ev->add_option("--length", f->length, "tokens per sequence")->capture_default_str();
   ev->add_option("--seed", f->seed, "sampling seed (must differ from the capture seed)")
       ->capture_default_str();
-  ev->add_flag("--integer", f->integer,
-               "run the quantized layers in integer arithmetic with P-bit registers (the hardware)");
-  ev->add_option("--acc-bits", f->acc_bits, "--integer: P (P_I per tile); default: the certificate's");
+  ev->add_flag(
+      "--integer", f->integer,
+      "run the quantized layers in integer arithmetic with P-bit registers (the hardware)");
+  ev->add_option("--acc-bits", f->acc_bits,
+                 "--integer: P (P_I per tile); default: the certificate's");
   ev->add_option("--tile", f->tile, "--integer: T (0 = monolithic); default: the certificate's");
   ev->add_option("--outer-bits", f->outer_bits, "--integer: P_O; default: Eq. 21 (0 = wide)");
   ev->add_flag("--saturate", f->saturate, "--integer: saturating registers (default: wrap)");

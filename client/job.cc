@@ -165,11 +165,13 @@ absl::StatusOr<std::vector<QuantizedLayer>> RunQuantizeJob(const SafetensorsFile
                         t.options.inputs.bits == options.layer.inputs.bits;
     if (has_xq) {
       AXEQ_ASSIGN_OR_RETURN(t.xq, Get(calibration, name + ".quant_inputs", "calibration"));
-      AXEQ_ASSIGN_OR_RETURN(t.activations, CalibrateActivations(t.xq, t.options.inputs, ActivationRange::kMinMax));
+      AXEQ_ASSIGN_OR_RETURN(t.activations,
+                            CalibrateActivations(t.xq, t.options.inputs, ActivationRange::kMinMax));
     } else {
       std::vector<ActivationQuantizer> ranges;
-      AXEQ_ASSIGN_OR_RETURN(ranges, ActivationCandidates(t.x, t.options.inputs,
-                                                         options.activation_calibration, &t.weights));
+      AXEQ_ASSIGN_OR_RETURN(
+          ranges,
+          ActivationCandidates(t.x, t.options.inputs, options.activation_calibration, &t.weights));
       t.activations = ranges.front();
       t.xq = t.activations.Apply(t.x);
       t.alternatives.assign(ranges.begin() + 1, ranges.end());
