@@ -52,7 +52,7 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(const Remo
 }
 
 // The plan of a layer's upload (proto/upload.h decides the tensors).
-UploadPlan PlanFor(const RemoteLayer& l) {
+UploadPlan PlanFor(const RemoteLayer& l, const std::string& idempotency_key) {
   UploadPlan p;
   p.layer_name = l.name;
   p.output_channels = l.weights.rows();
@@ -66,7 +66,7 @@ UploadPlan PlanFor(const RemoteLayer& l) {
     p.has_xx = l.stats->xx.size() != 0;
     p.has_means = l.stats->mean_x.size() == p.inputs && l.stats->mean_xq.size() == p.inputs;
   }
-  p.idempotency_key = l.idempotency_key;
+  p.idempotency_key = idempotency_key;
   p.detach = l.detach;
   PlanTensors(&p);
   return p;
@@ -133,13 +133,13 @@ int RetryAfterMs(const grpc::ClientContext& ctx) {
 
 }  // namespace
 
-absl::StatusOr<QuantizedLayer> RemoteClient::QuantizeOnce(const RemoteLayer& l,
+absl::StatusOr<QuantizedLayer> RemoteClient::QuantizeOnce(const RemoteLayer& l, const std::string& idempotency_key,
                                                           const std::function<void(double, const std::string&)>& progress,
                                                           int* retry_after_ms) {
   grpc::ClientContext ctx;
   Prepare(&ctx);
   auto stream = stub_->Quantize(&ctx);
-  const UploadPlan plan = PlanFor(l);
+  const UploadPlan plan = PlanFor(l, idempotency_key);
   const int64_t k = plan.inputs;
   // The weights go out from the caller's memory when they are contiguous rows.
   MatrixXf copy;
@@ -221,12 +221,15 @@ absl::StatusOr<QuantizedLayer> RemoteClient::WithRetries(const std::function<abs
 
 absl::StatusOr<QuantizedLayer> RemoteClient::Quantize(const RemoteLayer& layer,
                                                       const std::function<void(double, const std::string&)>& progress) {
-  RemoteLayer l = layer;
-  if (l.idempotency_key.empty()) {  // every retry resubmits under this key: a lost response is safe
+  // The layer is used in place, never copied: a copy of its Eigen::Ref would point into the
+  // original's private buffer when the weights were bound through a conversion.
+  std::string key = layer.idempotency_key;
+  if (key.empty()) {  // every retry resubmits under this key: a lost response is safe
     std::random_device rd;
-    l.idempotency_key = absl::StrCat(l.name, "/", absl::Hex(rd()), absl::Hex(rd()), absl::Hex(rd()), absl::Hex(rd()));
+    key = absl::StrCat(layer.name, "/", absl::Hex(rd()), absl::Hex(rd()), absl::Hex(rd()), absl::Hex(rd()));
   }
-  return WithRetries([&](int* retry_after) { return QuantizeOnce(l, progress, retry_after); }, /*retry_aborted=*/true);
+  return WithRetries([&](int* retry_after) { return QuantizeOnce(layer, key, progress, retry_after); },
+                     /*retry_aborted=*/true);
 }
 
 absl::StatusOr<QuantizedLayer> RemoteClient::FetchOnce(const std::string& job_id,

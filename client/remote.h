@@ -36,6 +36,10 @@ struct RemoteOptions {
   int max_attempts = 0;
 };
 
+// A view of the caller's layer: weights, bias, x, xq and stats are not owned and must outlive the
+// Quantize call that reads them (a RemoteLayer made from a temporary dangles once the full
+// expression ends). Bind `weights` to a float column-major matrix or block: a Ref bound through a
+// conversion holds a private copy that copies of the RemoteLayer do not own.
 struct RemoteLayer {
   std::string name;
   Eigen::Ref<const MatrixXf> weights;
@@ -67,7 +71,7 @@ class RemoteClient {
  private:
   explicit RemoteClient(const RemoteOptions& o) : options_(o) {}
   void Prepare(grpc::ClientContext* ctx) const;
-  absl::StatusOr<QuantizedLayer> QuantizeOnce(const RemoteLayer& layer,
+  absl::StatusOr<QuantizedLayer> QuantizeOnce(const RemoteLayer& layer, const std::string& idempotency_key,
                                               const std::function<void(double, const std::string&)>& progress,
                                               int* retry_after_ms);
   absl::StatusOr<QuantizedLayer> FetchOnce(const std::string& job_id,
