@@ -3,6 +3,7 @@
 #ifndef AXEQ_SERVER_AUTH_H_
 #define AXEQ_SERVER_AUTH_H_
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -19,7 +20,12 @@ class Authenticator {
   // UNAUTHENTICATED (missing, malformed or unknown token). The token is compared with every
   // known token in constant time (SHA-256 digests, CRYPTO_memcmp, no early exit).
   absl::StatusOr<std::string> Authenticate(const grpc::ServerContext& ctx) const;
-  absl::StatusOr<std::string> PrincipalOf(const std::string& token) const;
+  // What one lookup compared (a test hook): every known token's digest, whole, whatever the token.
+  struct Work {
+    int digests = 0;    // digests compared
+    int64_t bytes = 0;  // bytes compared
+  };
+  absl::StatusOr<std::string> PrincipalOf(const std::string& token, Work* work = nullptr) const;
   // Returns a token of `principal` (for calls forwarded to peer replicas); empty when none.
   std::string TokenFor(const std::string& principal) const;
   bool enabled() const { return enabled_; }

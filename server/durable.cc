@@ -1,6 +1,7 @@
 // Durable results: RESULT files with job metadata, indexed in memory, trimmed by age and size.
 #include "server/durable.h"
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -15,10 +16,7 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr char kSuffix[] = ".axeqjob.safetensors";
-
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
+std::atomic<int64_t> g_directory_scans{0};
 
 int64_t ToInt(const std::map<std::string, std::string>& m, const char* key) {
   auto it = m.find(key);
@@ -32,11 +30,16 @@ std::string Get(const std::map<std::string, std::string>& m, const char* key) {
 
 }  // namespace
 
+int64_t UnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
 absl::StatusOr<std::unique_ptr<DurableResults>> DurableResults::Open(const std::string& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create results dir ", dir, ": ", ec.message()));
   std::unique_ptr<DurableResults> d(new DurableResults(dir));
+  ++g_directory_scans;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     const std::string path = e.path().string();
     const bool tmp = absl::EndsWith(path, ".tmp");
@@ -87,7 +90,7 @@ void DurableResults::Unindex(const std::string& id) {
 absl::Status DurableResults::Write(const DurableEntry& meta, const QuantizedLayer& layer) {
   DurableEntry e = meta;
   e.path = (fs::path(dir_) / (meta.id + kSuffix)).string();
-  e.written_unix_ms = NowMs();
+  e.written_unix_ms = UnixMs();
   SafetensorsFile f = ResultToSafetensors({layer});
   f.metadata["axeq.job.id"] = e.id;
   f.metadata["axeq.job.principal"] = e.principal;
@@ -163,6 +166,8 @@ std::set<std::string> DurableResults::RegisterBoot(const std::string& boot) {
   fs::rename(tmp, path, ec);
   return earlier;
 }
+
+int64_t DurableResults::directory_scans() { return g_directory_scans.load(); }
 
 int64_t DurableResults::total_bytes() const {
   std::lock_guard<std::mutex> l(mu_);

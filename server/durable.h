@@ -21,6 +21,9 @@
 
 namespace axeq::server {
 
+// Milliseconds since the Unix epoch: the clock of job records, result metadata and logs.
+int64_t UnixMs();
+
 struct DurableEntry {
   std::string id, principal, layer_name, idempotency_key, content_digest, path;
   int64_t created_unix_ms = 0, written_unix_ms = 0, bytes = 0;
@@ -45,6 +48,9 @@ class DurableResults {
   int64_t total_bytes() const;
   size_t size() const;
   int removed_garbage() const { return removed_garbage_; }
+  // Directory listings made by any DurableResults of this process (a test hook): one per Open;
+  // writes, lookups and Trim use the index only.
+  static int64_t directory_scans();
 
  private:
   explicit DurableResults(std::string dir) : dir_(std::move(dir)) {}

@@ -1,40 +1,13 @@
-// Job lookups (memory, durable results, mirrors of jobs owned by other replicas), progress
-// snapshots and housekeeping: idle-upload timeouts, eviction of finished jobs from memory and
-// retention of durable results, all on one background thread.
-#include <cstring>
-
+// Job lookups (memory, durable results, mirrors of jobs owned by other replicas, whose events are
+// decoded by proto/result.h), progress snapshots and housekeeping on one background thread:
+// idle-upload timeouts (job_admission.cc), eviction of finished jobs from memory and retention of
+// durable results.
 #include "absl/strings/str_cat.h"
 #include "grpcpp/client_context.h"
 #include "proto/convert.h"
 #include "server/job_manager.h"
 
 namespace axeq::server {
-namespace {
-
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-bool Terminal(v1::JobState s) {
-  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
-}
-
-}  // namespace
-
-// The summary of a finished layer as the wire carries it.
-v1::Finished FinishedFromLayer(const QuantizedLayer& res) {
-  v1::Finished f;
-  f.set_state(v1::JOB_STATE_SUCCEEDED);
-  f.set_layer_name(res.name);
-  f.set_output_channels(res.codes.rows());
-  f.set_inputs(res.codes.cols());
-  f.set_scale_groups(res.scales.cols());
-  f.set_has_bias(res.bias.has_value());
-  *f.mutable_activations() = ActivationsToProto(res.activations);
-  *f.mutable_report() = ReportToProto(res);
-  f.set_group_size(res.group_size);
-  *f.mutable_certificate() = CertificateToProto(res.certificate);
-  return f;
-}
 
 absl::StatusOr<std::shared_ptr<Job>> JobManager::Get(const std::string& principal, const std::string& id) {
   if (id.empty() || id.size() > kMaxJobIdBytes)
@@ -72,10 +45,8 @@ absl::StatusOr<std::shared_ptr<Job>> JobManager::FromDisk(const std::string& pri
   job->content_digest = entry->content_digest;
   job->created_unix_ms = entry->created_unix_ms;
   job->durable_path = entry->path;
-  job->finished = FinishedFromLayer(*layer);
-  job->codes = std::make_shared<const MatrixXi8>(std::move(layer->codes));
-  job->scales = std::make_shared<const MatrixXf>(std::move(layer->scales));
-  if (layer->bias) job->bias = std::make_shared<const Eigen::VectorXf>(std::move(*layer->bias));
+  job->finished = EncodeFinished(*layer);
+  StoreResult(*job, std::move(*layer));
   std::lock_guard<std::mutex> l(mu_);
   auto [it, inserted] = jobs_.emplace(id, job);
   if (!inserted) return it->second;  // loaded meanwhile by another call
@@ -98,9 +69,10 @@ absl::StatusOr<std::shared_ptr<Job>> JobManager::Mirror(const std::string& princ
     if (stopping_) return absl::UnavailableError("server is stopping");
     ++active_mirrors_;
   }
-  // The owner's events update the mirror; its result parts are reassembled at the end.
+  // The owner's events update the mirror; its result is decoded (proto/result.h) at the end.
   std::thread([this, job, first, replica, principal, id] {
-    std::string parts[4];
+    ResultDecoder decoder;
+    absl::Status bad;
     bool got_event = false;
     grpc::ClientContext* call = nullptr;
     const absl::Status end = peers_->Watch(
@@ -110,13 +82,13 @@ absl::StatusOr<std::shared_ptr<Job>> JobManager::Mirror(const std::string& princ
           if (!got_event) first->set_value(absl::OkStatus());
           got_event = true;
           if (e.has_progress()) {
-            // A terminal state is the mirror's only once the result parts are all in (below).
-            if (!Terminal(e.progress().state())) job->state = e.progress().state();
+            // A terminal state is the mirror's only once the result is all in (below).
+            if (!IsTerminal(e.progress().state())) job->state = e.progress().state();
             else if (job->state == v1::JOB_STATE_UNSPECIFIED) job->state = v1::JOB_STATE_RUNNING;
             job->bytes_received = e.progress().bytes_received();
             job->fraction = e.progress().fraction();
           }
-          if (e.has_result() && e.result().part() > 0 && e.result().part() < 4) parts[e.result().part()] += e.result().data();
+          if (bad.ok()) bad = decoder.Add(e);
           if (e.has_finished()) job->finished = e.finished();
           Notify(*job);
           if (job.use_count() <= 1 && call) call->TryCancel();  // nobody follows the mirror any more
@@ -129,30 +101,19 @@ absl::StatusOr<std::shared_ptr<Job>> JobManager::Mirror(const std::string& princ
     std::lock_guard<std::mutex> l(mu_);
     mirror_calls_.erase(job.get());
     if (!got_event) first->set_value(end);
-    const v1::Finished& f = job->finished;
-    const int64_t c = f.output_channels(), k = f.inputs(), g = f.scale_groups();
-    if (f.state() == v1::JOB_STATE_SUCCEEDED && static_cast<int64_t>(parts[1].size()) == c * k &&
-        static_cast<int64_t>(parts[2].size()) == c * g * 4 && (!f.has_bias() || static_cast<int64_t>(parts[3].size()) == c * 4)) {
-      auto codes = std::make_shared<MatrixXi8>(c, k);
-      std::memcpy(codes->data(), parts[1].data(), parts[1].size());
-      auto scales = std::make_shared<MatrixXf>(c, g);
-      std::memcpy(scales->data(), parts[2].data(), parts[2].size());
-      job->codes = codes;
-      job->scales = scales;
-      if (f.has_bias()) {
-        auto bias = std::make_shared<Eigen::VectorXf>(c);
-        std::memcpy(bias->data(), parts[3].data(), parts[3].size());
-        job->bias = bias;
-      }
+    absl::StatusOr<QuantizedLayer> layer = bad.ok() ? decoder.Finish() : absl::StatusOr<QuantizedLayer>(bad);
+    if (layer.ok()) {
+      StoreResult(*job, std::move(layer).value());
       Finish(*job, absl::OkStatus());
-    } else if (f.state() == v1::JOB_STATE_SUCCEEDED) {
-      Finish(*job, end.ok() ? absl::DataLossError(absl::StrCat("the result of job ", id, " from replica ", replica, " was incomplete")) : end);
-    } else if (!Terminal(job->state) || f.state() == v1::JOB_STATE_UNSPECIFIED) {
+    } else if (job->finished.state() == v1::JOB_STATE_SUCCEEDED) {
+      Finish(*job, end.ok() ? absl::DataLossError(absl::StrCat("the result of job ", id, " from replica ", replica,
+                                                               " was incomplete: ", layer.status().message()))
+                            : end);
+    } else if (!decoder.finished()) {
       Finish(*job, end.ok() ? absl::UnavailableError(absl::StrCat("lost contact with replica ", replica)) : end);
     } else {
-      Finish(*job, absl::Status(static_cast<absl::StatusCode>(f.code()), f.message()));
+      Finish(*job, layer.status());  // the owner's job failed: its code and message
     }
-    job->finished.set_state(job->state);  // Finish keeps the owner's summary and code
     --active_mirrors_;
     change_cv_.notify_all();
   }).detach();
@@ -172,9 +133,7 @@ absl::Status JobManager::LoadResult(Job& job) {
   auto layer = durable_->Load(job.id);
   if (!layer.ok()) return layer.status();
   std::lock_guard<std::mutex> l(mu_);
-  job.codes = std::make_shared<const MatrixXi8>(std::move(layer->codes));
-  job.scales = std::make_shared<const MatrixXf>(std::move(layer->scales));
-  if (layer->bias) job.bias = std::make_shared<const Eigen::VectorXf>(std::move(*layer->bias));
+  StoreResult(job, std::move(*layer));
   return absl::OkStatus();
 }
 
@@ -231,7 +190,7 @@ void JobManager::Housekeeping() {
   while (!stopping_) {
     housekeeping_cv_.wait_for(l, options_.housekeeping_interval);
     if (stopping_) break;
-    const int64_t now = NowMs();
+    const int64_t now = UnixMs();
     ExpireUploads(now);
     EvictFinished(now);
     if (!durable_) continue;
@@ -245,22 +204,11 @@ void JobManager::Housekeeping() {
   }
 }
 
-void JobManager::ExpireUploads(int64_t now) {
-  std::vector<std::shared_ptr<Job>> idle;
-  for (auto& [p, job] : uploads_)
-    if (now - job->last_activity_ms > options_.upload_idle_timeout.count()) idle.push_back(job);
-  for (auto& job : idle) {
-    if (job->abort_upload) job->abort_upload();  // ends the call, which frees its buffers
-    FailLocked(job, absl::DeadlineExceededError(absl::StrCat("upload idle for more than ", options_.upload_idle_timeout.count() / 1000.0,
-                                                              " s; its reservation of ", job->reserved_bytes >> 20, " MiB was released")));
-  }
-}
-
 void JobManager::EvictFinished(int64_t now) {
   auto evict = [&](std::list<std::string>& order, size_t keep) {
     while (!order.empty()) {
       auto it = jobs_.find(order.front());
-      const bool gone = it == jobs_.end() || !Terminal(it->second->state);
+      const bool gone = it == jobs_.end() || !IsTerminal(it->second->state);
       if (!gone && order.size() <= keep && now - it->second->ended_ms < options_.finished_ttl.count()) break;
       if (!gone) {
         const Job& j = *it->second;

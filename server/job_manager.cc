@@ -1,5 +1,6 @@
-// Job lifecycle: admission, idempotency, queue, workers, cancellation, drain. Lookups, mirrors of
-// other replicas' jobs and housekeeping (timeouts, eviction, retention) are in job_lookup.cc.
+// Job lifecycle after admission: queue, workers, terminal states, cancellation, drain. Admission,
+// idempotency and upload activity are in job_admission.cc; lookups, mirrors of other replicas'
+// jobs and housekeeping (eviction, retention) in job_lookup.cc.
 #include "server/job_manager.h"
 
 #include <random>
@@ -12,21 +13,12 @@
 namespace axeq::server {
 namespace {
 
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-bool Terminal(v1::JobState s) {
-  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
-}
-int64_t MiB(int64_t b) { return (b + (1 << 20) - 1) >> 20; }
 uint64_t Random64() {
   static thread_local std::mt19937_64 rng(std::random_device{}() ^ std::hash<std::thread::id>{}(std::this_thread::get_id()));
   return rng();
 }
 
 }  // namespace
-
-v1::Finished FinishedFromLayer(const QuantizedLayer& res);  // job_lookup.cc
 
 JobManager::JobManager(const JobManagerOptions& options) : options_(options) {
   if (options_.workers <= 0) options_.workers = CpuQuota();
@@ -73,7 +65,7 @@ JobManager::~JobManager() {
   work_cv_.notify_all();
   housekeeping_cv_.notify_all();
   for (auto& t : workers_) t.join();
-  housekeeper_.join();
+  if (housekeeper_.joinable()) housekeeper_.join();  // not started when Create failed
   std::unique_lock<std::mutex> l(mu_);
   change_cv_.wait(l, [&] { return active_mirrors_ == 0; });
 }
@@ -98,107 +90,6 @@ void JobManager::ReportLoad() {
     b = reserved_;
   }
   if (hooks_.on_load) hooks_.on_load(q, r, b);
-}
-
-absl::StatusOr<std::shared_ptr<Job>> JobManager::Admit(const AdmitRequest& req) {
-  if (req.layer_name.size() > kMaxLayerNameBytes)
-    return absl::InvalidArgumentError(absl::StrCat("layer name has ", req.layer_name.size(), " bytes, limit ", kMaxLayerNameBytes));
-  if (req.idempotency_key.size() > kMaxIdempotencyKeyBytes)  // Deduplicate checks it too
-    return absl::InvalidArgumentError(absl::StrCat("idempotency key has ", req.idempotency_key.size(), " bytes, limit ", kMaxIdempotencyKeyBytes));
-  const int64_t budget = options_.memory_budget_bytes;
-  if (req.bytes < 0 || req.bytes > budget)
-    return absl::FailedPreconditionError(absl::StrCat(
-        "layer needs ", req.bytes < 0 ? std::string("more than 2^63 bytes") : absl::StrCat("~", MiB(req.bytes), " MiB"),
-        " at its peak, more than this server's whole memory budget of ", MiB(budget), " MiB: it can never run here"));
-  auto job = std::make_shared<Job>();
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    if (draining_) return absl::UnavailableError("server is draining; retry on another replica");
-    const size_t waiting = uploads_.size() + queue_.size();
-    if (waiting >= static_cast<size_t>(options_.max_queue))
-      return absl::ResourceExhaustedError(absl::StrCat("queue is full: ", uploads_.size(), " uploads receiving + ", queue_.size(),
-                                                       " jobs waiting, limit ", options_.max_queue));
-    if (reserved_ + req.bytes > budget)
-      return absl::ResourceExhaustedError(absl::StrCat("memory budget in use: ", MiB(reserved_), " MiB reserved + ~", MiB(req.bytes),
-                                                       " MiB needed > ", MiB(budget), " MiB"));
-    job->principal = req.principal;
-    job->layer_name = req.layer_name;
-    job->created_unix_ms = job->last_activity_ms = NowMs();
-    job->reserved_bytes = req.bytes;
-    reserved_ += req.bytes;
-    uploads_[job.get()] = job;
-    // A key already bound to a live or finished job: this upload carries that job's id.
-    std::string existing;
-    if (!req.idempotency_key.empty()) {
-      auto it = by_key_.find({req.principal, req.idempotency_key});
-      if (it != by_key_.end() && jobs_.count(it->second)) {
-        const Job& old = *jobs_[it->second];
-        if (old.state != v1::JOB_STATE_FAILED && old.state != v1::JOB_STATE_CANCELLED) existing = old.id;
-      } else if (durable_) {
-        existing = durable_->FindKey(req.principal, req.idempotency_key).value_or("");
-      }
-    }
-    job->listed = existing.empty();
-    job->id = existing.empty() ? NewJobId() : existing;
-    if (job->listed) jobs_[job->id] = job;
-  }
-  if (hooks_.on_event) hooks_.on_event(*job, "admitted");
-  ReportLoad();
-  return job;
-}
-
-absl::StatusOr<std::shared_ptr<Job>> JobManager::Deduplicate(const std::shared_ptr<Job>& job, const std::string& key,
-                                                             const std::string& digest) {
-  std::optional<DurableEntry> on_disk;
-  if (!key.empty() && durable_)
-    if (auto id = durable_->FindKey(job->principal, key)) on_disk = durable_->Find(*id);
-  std::shared_ptr<Job> old;
-  std::string old_id, old_digest;
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    job->content_digest = digest;
-    if (key.empty()) return job;
-    if (key.size() > kMaxIdempotencyKeyBytes)
-      return absl::InvalidArgumentError(absl::StrCat("idempotency key has ", key.size(), " bytes, limit ", kMaxIdempotencyKeyBytes));
-    auto it = by_key_.find({job->principal, key});
-    if (it != by_key_.end() && jobs_.count(it->second) && jobs_[it->second] != job) {
-      old = jobs_[it->second];
-      if (old->state == v1::JOB_STATE_FAILED || old->state == v1::JOB_STATE_CANCELLED) old.reset();
-    }
-    if (old) {
-      old_id = old->id;
-      old_digest = old->content_digest;
-    } else if (on_disk) {
-      old_id = on_disk->id;
-      old_digest = on_disk->content_digest;
-    }
-    if (!old_id.empty() && old_digest != digest)
-      return absl::AlreadyExistsError(absl::StrCat("idempotency key '", key, "' was used for different content (job ", old_id, ")"));
-    if (old_id.empty()) {  // the key is free (or its job failed): this upload becomes the job
-      job->idempotency_key = key;
-      by_key_[{job->principal, key}] = job->id;
-      if (!job->listed) {
-        job->listed = true;
-        jobs_[job->id] = job;
-      }
-      return job;
-    }
-    // The same content under the same key: the upload is dropped, the earlier job followed.
-    auto self = jobs_.find(job->id);
-    if (self != jobs_.end() && self->second == job) jobs_.erase(self);
-    job->listed = false;
-    Finish(*job, absl::AbortedError(absl::StrCat("duplicate of job ", old_id)));
-  }
-  ReportLoad();
-  if (old) return old;
-  return Get(job->principal, old_id);  // from disk
-}
-
-void JobManager::AddReceived(Job& job, int64_t bytes) {
-  std::lock_guard<std::mutex> l(mu_);
-  job.bytes_received += bytes;
-  job.last_activity_ms = NowMs();
-  Notify(job);
 }
 
 void JobManager::Submit(const std::shared_ptr<Job>& job, std::unique_ptr<JobInput> input) {
@@ -228,19 +119,11 @@ void JobManager::Release(Job& job) {
 }
 
 void JobManager::Finish(Job& job, const absl::Status& status) {
-  const auto code = status.code();
-  job.state = status.ok() ? v1::JOB_STATE_SUCCEEDED
-              : (code == absl::StatusCode::kCancelled || code == absl::StatusCode::kDeadlineExceeded ||
-                 code == absl::StatusCode::kUnavailable)
-                  ? v1::JOB_STATE_CANCELLED
-                  : v1::JOB_STATE_FAILED;
+  job.state = TerminalState(status);
   job.status = status;
-  job.finished.set_state(job.state);
-  if (!status.ok()) {
-    job.finished.set_code(static_cast<int>(code));
-    job.finished.set_message(std::string(status.message()));
-  }
-  job.ended_ms = NowMs();
+  if (status.ok()) job.finished.set_state(job.state);  // the summary was encoded with the result
+  else job.finished = EncodeFailure(status);
+  job.ended_ms = UnixMs();
   job.input.reset();
   job.abort_upload = nullptr;
   Release(job);
@@ -248,8 +131,14 @@ void JobManager::Finish(Job& job, const absl::Status& status) {
   Notify(job);
 }
 
+void JobManager::StoreResult(Job& job, QuantizedLayer&& layer) {
+  job.codes = std::make_shared<const MatrixXi8>(std::move(layer.codes));
+  job.scales = std::make_shared<const MatrixXf>(std::move(layer.scales));
+  if (layer.bias) job.bias = std::make_shared<const Eigen::VectorXf>(std::move(*layer.bias));
+}
+
 bool JobManager::FailLocked(const std::shared_ptr<Job>& job, const absl::Status& status) {
-  if (Terminal(job->state)) return false;
+  if (IsTerminal(job->state)) return false;
   absl::Status st = status;
   if (st.code() == absl::StatusCode::kCancelled && std::chrono::system_clock::now() >= job->deadline)
     st = absl::DeadlineExceededError("the job's deadline passed");
@@ -294,7 +183,7 @@ absl::StatusOr<v1::JobState> JobManager::Cancel(const std::string& principal, co
   const std::shared_ptr<Job>& job = *found;
   {
     std::lock_guard<std::mutex> l(mu_);
-    if (!Terminal(job->state) && job->abort_upload) job->abort_upload();  // ends the upload call too
+    if (!IsTerminal(job->state) && job->abort_upload) job->abort_upload();  // ends the upload call too
     FailLocked(job, absl::CancelledError("cancelled by the client"));
   }
   if (hooks_.on_event) hooks_.on_event(*job, "cancel requested");
@@ -359,12 +248,10 @@ void JobManager::Run(const std::shared_ptr<Job>& job) {
     res.run.seconds = seconds;
     res.run.job_id = job->id;
     safe = res.certificate.safe;
-    job->finished = FinishedFromLayer(res);
+    job->finished = EncodeFinished(res);
     Persist(*job, res);  // durable before it is reported SUCCEEDED
     std::lock_guard<std::mutex> l(mu_);
-    job->codes = std::make_shared<const MatrixXi8>(std::move(res.codes));
-    job->scales = std::make_shared<const MatrixXf>(std::move(res.scales));
-    if (res.bias) job->bias = std::make_shared<const Eigen::VectorXf>(std::move(*res.bias));
+    StoreResult(*job, std::move(res));
     job->fraction = 1.0;
   }
   {

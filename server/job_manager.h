@@ -6,8 +6,9 @@
 // in-memory state, durable results (server/durable.h) and job ids that name their replica, whose
 // Watch/Cancel are forwarded to the owner (server/replicas.h).
 //
-// Call sequence of an upload handler: Admit (before allocating) -> AddReceived per chunk ->
-// Deduplicate -> Submit, or Fail on any error; then follow the job with WaitForChange/Snapshot.
+// Call sequence of an upload handler: Admit (before allocating) -> KeepAlive per message and
+// AddReceived every few MiB -> Deduplicate -> Submit, or Fail on any error; then follow the job
+// with WaitForChange/Snapshot.
 // It may set Job::abort_upload (e.g. to ServerContext::TryCancel) so that an idle timeout also
 // ends the call and frees its buffers; it is cleared by Submit and Fail.
 #ifndef AXEQ_SERVER_JOB_MANAGER_H_
@@ -94,7 +95,8 @@ struct Job {
   std::unique_ptr<JobInput> input;
   std::function<void()> abort_upload;   // set by the upload handler; see the file comment
   absl::StatusCode stop_code = absl::StatusCode::kCancelled;  // why `cancel` was set
-  int64_t last_activity_ms = 0, ended_ms = 0;
+  std::atomic<int64_t> last_activity_ms{0};  // written without the lock (KeepAlive)
+  int64_t ended_ms = 0;
   std::shared_ptr<Job> resubmission_of;  // an upload under a key already bound to this job
   bool listed = true;  // in the job table (a resubmission is not, until it replaces its job)
   // Result (SUCCEEDED): codes, scales, bias and the summary; loaded from disk when evicted.
@@ -138,7 +140,10 @@ class JobManager {
   // ALREADY_EXISTS when the key was used for different content.
   absl::StatusOr<std::shared_ptr<Job>> Deduplicate(const std::shared_ptr<Job>& job,
                                                    const std::string& key, const std::string& digest);
+  // Counts received bytes for progress (and resets the idle timer).
   void AddReceived(Job& job, int64_t bytes);
+  // Resets the upload's idle timer; lock-free, called for every received message.
+  void KeepAlive(Job& job);
   // Queues an admitted job with its input (ignored if the upload already ended, e.g. timed out).
   void Submit(const std::shared_ptr<Job>& job, std::unique_ptr<JobInput> input);
   // Ends a job that never got queued (bad upload) or that is cancelled, with `status`. A rejected
@@ -177,6 +182,7 @@ class JobManager {
   void Worker();
   void Run(const std::shared_ptr<Job>& job);
   void Finish(Job& job, const absl::Status& status);  // requires mu_: terminal state + record
+  static void StoreResult(Job& job, QuantizedLayer&& layer);  // requires mu_: codes, scales, bias
   void Release(Job& job);                             // requires mu_: reservation, upload slot
   bool FailLocked(const std::shared_ptr<Job>& job, const absl::Status& status);  // requires mu_
   void Notify(Job& job);                              // requires mu_

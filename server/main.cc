@@ -41,6 +41,8 @@ int main(int argc, char** argv) {
   app.add_option("--peers", peers, "replica=host:port entries of peer replicas (comma-separated), to forward calls on their job ids")->delimiter(',');
   app.add_option("--peer-address-template", o.jobs.peers.address_template, "address of a peer from its replica id, e.g. axeq-{replica}.axeq-headless:50051");
   app.add_option("--peer-tls-ca", o.jobs.peers.tls_ca_file, "PEM CA to verify peers (default: --tls-client-ca; plaintext with --insecure)");
+  app.add_option("--peer-tls-cert", o.jobs.peers.tls_cert_file, "PEM client certificate shown to peers that require mTLS (default with --tls-client-ca: --tls-cert)");
+  app.add_option("--peer-tls-key", o.jobs.peers.tls_key_file, "PEM key of --peer-tls-cert (default with --tls-client-ca: --tls-key)");
   app.add_option("--max-upload-mb", max_upload_mb, "largest accepted layer upload")->capture_default_str();
   app.add_option("--results-dir", o.jobs.results_dir, "durable results (empty: memory only)");
   app.add_option("--retention-hours", o.jobs.retention_hours, "delete durable results older than this")->capture_default_str();

@@ -54,13 +54,19 @@ absl::StatusOr<std::unique_ptr<Peers>> Peers::Create(PeerOptions options) {
       return absl::InvalidArgumentError(absl::StrCat("--peers entry '", replica, "=", address, "' needs a valid replica id and an address"));
   if (!options.address_template.empty() && options.address_template.find("{replica}") == std::string::npos)
     return absl::InvalidArgumentError(absl::StrCat("--peer-address-template '", options.address_template, "' has no {replica}"));
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty())
+    return absl::InvalidArgumentError("--peer-tls-cert and --peer-tls-key go together");
   std::unique_ptr<Peers> p(new Peers(std::move(options)));
-  if (!p->options_.tls_ca_file.empty()) {
-    std::ifstream in(p->options_.tls_ca_file);
-    if (!in) return absl::NotFoundError(absl::StrCat("cannot read peer CA ", p->options_.tls_ca_file));
+  const std::pair<const std::string*, std::string*> files[] = {{&p->options_.tls_ca_file, &p->ca_pem_},
+                                                               {&p->options_.tls_cert_file, &p->cert_pem_},
+                                                               {&p->options_.tls_key_file, &p->key_pem_}};
+  for (const auto& [path, pem] : files) {
+    if (path->empty()) continue;
+    std::ifstream in(*path);
+    if (!in) return absl::NotFoundError(absl::StrCat("cannot read peer TLS file ", *path));
     std::stringstream ss;
     ss << in.rdbuf();
-    p->ca_pem_ = ss.str();
+    *pem = ss.str();
   }
   return p;
 }
@@ -82,9 +88,11 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> Peers::ChannelTo(const std::strin
     auto& ch = channels_[*address];
     if (!ch) {
       std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
-      if (!ca_pem_.empty()) {
+      if (!ca_pem_.empty() || !cert_pem_.empty()) {
         grpc::SslCredentialsOptions ssl;
-        ssl.pem_root_certs = ca_pem_;
+        ssl.pem_root_certs = ca_pem_;  // empty: the system roots
+        ssl.pem_cert_chain = cert_pem_;
+        ssl.pem_private_key = key_pem_;
         creds = grpc::SslCredentials(ssl);
       }
       grpc::ChannelArguments args;
@@ -103,26 +111,28 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> Peers::ChannelTo(const std::strin
   return channel;
 }
 
-void Peers::Prepare(grpc::ClientContext* ctx, const std::string& principal) const {
+absl::StatusOr<std::unique_ptr<v1::Quantizer::Stub>> Peers::StubFor(const std::string& replica, const std::string& principal,
+                                                                     std::chrono::seconds deadline, grpc::ClientContext* ctx) {
+  auto ch = ChannelTo(replica);
+  if (!ch.ok()) return ch.status();
   const std::string token = options_.token_for ? options_.token_for(principal) : "";
   if (!token.empty()) ctx->AddMetadata("authorization", "Bearer " + token);
   ctx->AddMetadata("axeq-forwarded-by", options_.replica_id);
+  ctx->set_deadline(std::chrono::system_clock::now() + deadline);
+  return v1::Quantizer::NewStub(*ch);
 }
 
 absl::Status Peers::Watch(const std::string& replica, const std::string& principal, const std::string& id,
                           const std::function<void(const v1::JobEvent&)>& on_event,
                           const std::function<void(grpc::ClientContext*)>& started) {
-  auto ch = ChannelTo(replica);
-  if (!ch.ok()) return ch.status();
-  auto stub = v1::Quantizer::NewStub(*ch);
   grpc::ClientContext ctx;
-  Prepare(&ctx, principal);
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::hours(24));
+  auto stub = StubFor(replica, principal, std::chrono::hours(24), &ctx);
+  if (!stub.ok()) return stub.status();
   if (started) started(&ctx);
   v1::WatchRequest req;
   req.set_job_id(id);
   req.set_include_result(true);
-  auto reader = stub->Watch(&ctx, req);
+  auto reader = (*stub)->Watch(&ctx, req);
   v1::JobEvent e;
   while (reader->Read(&e)) on_event(e);
   const absl::Status s = FromGrpc(reader->Finish());
@@ -132,16 +142,13 @@ absl::Status Peers::Watch(const std::string& replica, const std::string& princip
 }
 
 absl::StatusOr<v1::JobState> Peers::Cancel(const std::string& replica, const std::string& principal, const std::string& id) {
-  auto ch = ChannelTo(replica);
-  if (!ch.ok()) return ch.status();
-  auto stub = v1::Quantizer::NewStub(*ch);
   grpc::ClientContext ctx;
-  Prepare(&ctx, principal);
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  auto stub = StubFor(replica, principal, std::chrono::seconds(30), &ctx);
+  if (!stub.ok()) return stub.status();
   v1::CancelRequest req;
   req.set_job_id(id);
   v1::CancelResponse resp;
-  const absl::Status s = FromGrpc(stub->Cancel(&ctx, req, &resp));
+  const absl::Status s = FromGrpc((*stub)->Cancel(&ctx, req, &resp));
   if (!s.ok()) return s;
   return resp.state();
 }

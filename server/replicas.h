@@ -4,10 +4,12 @@
 // one that never existed) and 96 random bits. A replica that gets Watch/Fetch/Cancel for another
 // replica's id forwards the call to that peer, found in the --peers map or through
 // --peer-address-template (e.g. "axeq-{replica}.axeq-headless:50051"), with a bearer token of
-// the caller's own principal, and relays the answer.
+// the caller's own principal (and, under mTLS, this replica's client certificate), and relays the
+// answer.
 #ifndef AXEQ_SERVER_REPLICAS_H_
 #define AXEQ_SERVER_REPLICAS_H_
 
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
@@ -16,7 +18,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "axeq/v1/axeq.pb.h"
+#include "axeq/v1/axeq.grpc.pb.h"
 
 namespace grpc {
 class Channel;
@@ -43,13 +45,15 @@ struct PeerOptions {
   std::map<std::string, std::string> peers;  // replica -> host:port (checked first)
   std::string address_template;             // "{replica}" is replaced by the replica id
   std::string tls_ca_file;                  // TLS to peers with this CA; empty = plaintext
+  std::string tls_cert_file, tls_key_file;  // client certificate presented to peers (mTLS)
   // Returns a bearer token of `principal` (empty: none, when auth is off).
   std::function<std::string(const std::string& principal)> token_for;
 };
 
 class Peers {
  public:
-  // INVALID_ARGUMENT for a bad replica id, peer entry or template (no "{replica}").
+  // INVALID_ARGUMENT for a bad replica id, peer entry or template (no "{replica}"), or a client
+  // certificate without its key; NOT_FOUND for an unreadable CA, certificate or key.
   static absl::StatusOr<std::unique_ptr<Peers>> Create(PeerOptions options);
   const std::string& self() const { return options_.replica_id; }
   // NOT_FOUND when no map entry or template names the replica.
@@ -64,10 +68,13 @@ class Peers {
  private:
   explicit Peers(PeerOptions options) : options_(std::move(options)) {}
   absl::StatusOr<std::shared_ptr<grpc::Channel>> ChannelTo(const std::string& replica);
-  void Prepare(grpc::ClientContext* ctx, const std::string& principal) const;
+  // A stub for a call to the replica's address; sets ctx's token of `principal`, forwarding
+  // mark and deadline. UNAVAILABLE when the peer cannot be reached.
+  absl::StatusOr<std::unique_ptr<v1::Quantizer::Stub>> StubFor(const std::string& replica, const std::string& principal,
+                                                               std::chrono::seconds deadline, grpc::ClientContext* ctx);
 
   PeerOptions options_;
-  std::string ca_pem_;
+  std::string ca_pem_, cert_pem_, key_pem_;
   std::mutex mu_;
   std::map<std::string, std::shared_ptr<grpc::Channel>> channels_;
 };

@@ -34,10 +34,6 @@ void LogJson(const nlohmann::json& j) {
   std::cerr << j.dump() << std::endl;
 }
 
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
 }  // namespace
 
 Server::~Server() {
@@ -76,6 +72,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   // Calls forwarded to the replica that owns a job carry a token of the caller's own principal.
   jo.peers.token_for = [tokens = std::make_shared<Authenticator>(*auth)](const std::string& p) { return tokens->TokenFor(p); };
   if (jo.peers.tls_ca_file.empty() && !o.insecure) jo.peers.tls_ca_file = o.tls_client_ca_file;
+  // Peers that require client certificates (mTLS) are shown this replica's own by default.
+  if (jo.peers.tls_cert_file.empty() && !o.tls_client_ca_file.empty() && !o.insecure) {
+    jo.peers.tls_cert_file = o.tls_cert_file;
+    jo.peers.tls_key_file = o.tls_key_file;
+  }
   auto jobs = JobManager::Create(jo);
   if (!jobs.ok()) return jobs.status();
   s->jobs_ = std::move(jobs).value();
@@ -87,7 +88,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   const bool log = o.log_json;
   JobManager::Hooks hooks;
   hooks.on_event = [log](const Job& j, const std::string& event) {
-    if (log) LogJson({{"ts_ms", NowMs()}, {"job", j.id}, {"principal", j.principal}, {"layer", j.layer_name}, {"event", event}});
+    if (log) LogJson({{"ts_ms", UnixMs()}, {"job", j.id}, {"principal", j.principal}, {"layer", j.layer_name}, {"event", event}});
   };
   hooks.on_load = [m](int q, int r, int64_t b) { m->Load(q, r, b); };
   hooks.on_finished = [m](const Job& j, double seconds, bool safe) {
@@ -109,7 +110,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   s->server_->GetHealthCheckService()->SetServingStatus(true);
   // Per service too (Drain's SetServingStatus(false) turns both to NOT_SERVING).
   s->server_->GetHealthCheckService()->SetServingStatus("axeq.v1.Quantizer", true);
-  if (log) LogJson({{"ts_ms", NowMs()}, {"event", "serving"}, {"port", s->port_}, {"metrics_port", s->metrics_port()},
+  if (log) LogJson({{"ts_ms", UnixMs()}, {"event", "serving"}, {"port", s->port_}, {"metrics_port", s->metrics_port()},
                     {"tls", creds != nullptr && !o.insecure}, {"auth", !o.tokens_file.empty()},
                     {"replica", s->jobs_->replica_id()}, {"workers", workers},
                     {"compute_threads", s->jobs_->options().compute_threads},
