@@ -32,7 +32,15 @@ void RemoteFlags::Add(CLI::App& app) {
   app.add_option("--token-file", token_file, "file holding the bearer token");
   app.add_option("--deadline-seconds", options.deadline_seconds, "per-layer deadline")
       ->capture_default_str();
-  app.add_option("--retries", options.max_attempts, "attempts on UNAVAILABLE / RESOURCE_EXHAUSTED")
+  app.add_option("--retries", options.max_attempts,
+                 "most attempts per layer (0 = as many as --retry-seconds allows; 1 = no retry); "
+                 "retried: UNAVAILABLE (server gone or draining), RESOURCE_EXHAUSTED (full: after "
+                 "its axeq-retry-after-ms), ABORTED (job lost in a restart: resubmitted)")
+      ->capture_default_str();
+  app.add_option("--retry-seconds", options.retry_seconds,
+                 "keep retrying a layer this long (backoff 0.25 s doubling to 10 s, jittered), "
+                 "resubmitting under the same idempotency key")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--concurrency", concurrency, "layers in flight at once (remote)")
       ->capture_default_str();
