@@ -20,7 +20,8 @@ import urllib.request
 SERVER = os.environ.get("AXEQ_SERVER_BIN", os.path.join(os.environ.get("AXEQ_BUILD_DIR", "build"), "server", "axeq-server"))
 CLI = os.environ.get("AXEQ_CLI_BIN", os.path.join(os.environ.get("AXEQ_BUILD_DIR", "build"), "client", "axeq"))
 CHECKPOINT = os.environ.get("AXEQ_CHECKPOINT", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples", "data", "stories260K.bin"))
-FLAGS = ["--acc-bits", "16", "--tile", "32", "--algorithm", "gpfq"]
+# One job per layer: a fixed activation range (the default, auto, runs up to three per layer).
+FLAGS = ["--acc-bits", "16", "--tile", "32", "--algorithm", "gpfq", "--act-range", "output"]
 DIGEST = re.compile(r'"weights_sha256": "([0-9a-f]{64})"')
 
 
