@@ -18,6 +18,7 @@ import copy
 import math
 import sys
 import time
+import weakref
 from dataclasses import replace
 
 import torch
@@ -98,6 +99,7 @@ class _Run:
         self.client, self.config, self.o = client, config, opts
         self.results = QuantizedModel()
         self.results.timings = dict(capture=0.0, forward=0.0, statistics=0.0, server=0.0, total=0.0)
+        self.xx = None  # (weak reference to X, X^T X / D) of the group being quantized
 
     def tick(self, key, t0):
         self.results.timings[key] += time.time() - t0
@@ -119,9 +121,13 @@ class _Run:
         if o["upload"] == "rows":
             return {"inputs": host(xq_raw if x is None else x), "quant_inputs": host(xq)}
         cross = cfg.algorithm == "gpfq" or relative_error
-        st = statistics(xq, xq_raw if x is None and relative_error else x, cross=cross, xx=relative_error,
-                        means=bias and cfg.bias_correction)
-        return dict(samples=xq.shape[0], **{k: host(v) for k, v in st.items()})
+        src = xq_raw if x is None and relative_error else x
+        st = statistics(xq, src, cross=cross, means=bias and cfg.bias_correction)
+        if relative_error:  # X^T X / D does not depend on the range tried: once per group
+            if self.xx is None or self.xx[0]() is not src:
+                self.xx = (weakref.ref(src), host(statistics(src)["gram"]))
+            st["xx"] = self.xx[1]
+        return dict(samples=xq.shape[0], **{k: v if k == "xx" else host(v) for k, v in st.items()})
 
     def ranges(self, names, mods, xq_raw):
         """Per layer: the activation ranges to try (ActivationQuantizer.candidates; one fit per input

@@ -76,7 +76,10 @@ class ServerPipelineTest(ServerCase):
         # (blocks.statistics, as the pipeline's default upload computes them): same inputs, two
         # uploads. (Whole-model runs drift apart after a few flipped codes: the next layers'
         # inputs differ; that is chaos, not the upload.)
-        for cfg in (Config(accumulator_bits=16), Config(algorithm="gpfq", accumulator_bits=16)):
+        # One activation range per layer (not "auto", which quantizes each layer once per range
+        # tried): one pair per layer.
+        for cfg in (Config(accumulator_bits=16, act_range="mse"),
+                    Config(algorithm="gpfq", accumulator_bits=16, act_range="mse")):
             twin = TwinClient(self.client)
             self.run_stories(cfg, upload="rows", relative_error=True, client=twin)
             self.assertEqual(len(twin.pairs), 35)
