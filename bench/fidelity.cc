@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "core/layer.h"
+#include "core/test_util.h"
 #include "core/stats.h"
 #include "formats/safetensors.h"
 
@@ -49,16 +50,7 @@ constexpr int kAutoOrder[] = {3, 0, 1};
 // The calibration inputs (documented in docs/fidelity.md): D rows; channel i has scale
 // exp(0.8 z_i), 8 random channels x12 (outliers), values scale * Student-t(3) (heavy tails).
 MatrixXf Calibration(int64_t k, int64_t d, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> n;
-  std::student_t_distribution<float> t(3.0f);
-  Eigen::VectorXf s(k);
-  for (int64_t i = 0; i < k; ++i) s(i) = std::exp(0.8f * n(rng));
-  for (int j = 0; j < 8; ++j) s(rng() % k) *= 12.0f;
-  MatrixXf x(d, k);
-  for (int64_t r = 0; r < d; ++r)
-    for (int64_t i = 0; i < k; ++i) x(r, i) = s(i) * t(rng);
-  return x;
+  return testing::HeavyTailed(k, d, seed, /*tail=*/true);
 }
 
 double RelativeError(const MatrixXf& x, const MatrixXf& w, const MatrixXf& xq, const MatrixXf& wq) {

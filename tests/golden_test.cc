@@ -9,6 +9,7 @@
 #include <random>
 
 #include "core/layer.h"
+#include "core/test_util.h"
 #include "formats/safetensors.h"
 #include "gtest/gtest.h"
 
@@ -20,17 +21,10 @@ std::string DataPath(const std::string& rel) {
   return std::string(d ? d : "../shared/data") + "/" + rel;
 }
 
-// Calibration inputs: D rows, channel i scaled by exp(0.8 z_i) with 8 outlier channels x 12.
+// Calibration inputs: D rows, channel i scaled by exp(0.8 z_i) with 8 outlier channels x 12,
+// Gaussian values (core/test_util.h).
 MatrixXf Calibration(int64_t k, int64_t d, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> n;
-  Eigen::VectorXf s(k);
-  for (int64_t i = 0; i < k; ++i) s(i) = std::exp(0.8f * n(rng));
-  for (int j = 0; j < 8; ++j) s(rng() % k) *= 12.0f;
-  MatrixXf x(d, k);
-  for (int64_t r = 0; r < d; ++r)
-    for (int64_t i = 0; i < k; ++i) x(r, i) = s(i) * n(rng);
-  return x;
+  return testing::HeavyTailed(k, d, seed, /*tail=*/false);
 }
 
 struct Row {
