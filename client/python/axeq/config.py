@@ -127,7 +127,8 @@ def _output_search(rows, weights, cand, input_err):
     if _is_torch(rows):
         import torch
         w = torch.as_tensor(weights).to(device=rows.device, dtype=torch.float32)
-        idx, rw = _output_rows(rows.shape[0], rows.abs().amax(1).float().cpu().numpy())
+        peak = torch.maximum(rows.amax(1), -rows.amin(1))  # max |x| per row, without an |x| copy
+        idx, rw = _output_rows(rows.shape[0], peak.float().cpu().numpy())
         xs = rows[torch.from_numpy(idx).to(rows.device)].float()
         rw = torch.from_numpy(rw).to(rows.device)
 
@@ -135,7 +136,7 @@ def _output_search(rows, weights, cand, input_err):
             return float(((a.double() * b.double()).sum(1) * rw).sum())
     else:
         w = np.asarray(weights, dtype=np.float32)
-        idx, rw = _output_rows(rows.shape[0], np.abs(rows).max(1))
+        idx, rw = _output_rows(rows.shape[0], np.maximum(rows.max(1), -rows.min(1)))
         xs = np.asarray(rows, dtype=np.float32)[idx]
 
         def dot(a, b):
