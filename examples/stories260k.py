@@ -39,7 +39,7 @@ HELD_OUT = dict(n=8, length=128, seed=20261127)  # in-domain text sampled from t
 HELD_OUT_QUICK = dict(n=4, length=128, seed=20261127)
 
 
-def configs(quick, act_range="mse"):
+def configs(quick, act_range="auto"):
     """(name, Config) rows; act_range is the activation range method of every row but the two
     that compare range methods on the base algorithm."""
     out = [("W8A8, P=32 (OPTQ)", Config(weight_bits=8, input_bits=8, accumulator_bits=32, method="base")),
@@ -56,7 +56,7 @@ def configs(quick, act_range="mse"):
         c.act_range = act_range
     if quick:
         return [o for o in out if "T=" not in o[0] and "GPFQ" not in o[0] and "base" not in o[0]]
-    others = [m for m in ("mse", "percentile", "minmax") if m != act_range]
+    others = [m for m in ("output", "mse", "percentile", "minmax") if m != act_range]
     return out[:2] + [(f"W4A8 OPTQ (base), {m} ranges", Config(method="base", act_range=m)) for m in others] + out[2:]
 
 
@@ -109,7 +109,7 @@ def main(argv=None):
     ap.add_argument("--batches", type=int, default=16)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--upload", choices=("statistics", "rows"), default="statistics")
-    ap.add_argument("--act-range", choices=("mse", "percentile", "minmax"), default="mse")
+    ap.add_argument("--act-range", choices=("auto", "output", "mse", "percentile", "minmax"), default="auto")
     ap.add_argument("--only", help="run only these configurations: exact names separated by |")
     ap.add_argument("--out", help="write the markdown table here")
     ap.add_argument("--json", help="write one JSON object per row here")
