@@ -23,7 +23,7 @@ def layers(n, seed=0, c=32, k=96, d=256):
     for i in range(n):
         w = (0.05 * rng.standard_normal((c, k))).astype(np.float32)
         x = np.abs(rng.standard_normal((d, k))).astype(np.float32)
-        out.append({"name": f"l{i}", "weight": w, "inputs": x, "config": Config(accumulator_bits=16)})
+        out.append({"name": f"l{i}", "weight": w, "inputs": x, "config": Config(accumulator_bits=16, act_range="output")})  # one job per layer
     return out
 
 
@@ -64,7 +64,7 @@ class RoundRobinTest(unittest.TestCase):
 
     def test_failed_layer_keeps_finished_siblings(self):
         specs = layers(5, seed=2)
-        specs[3]["config"] = Config(weight_bits=12)
+        specs[3]["config"] = Config(weight_bits=12, act_range="output")
         with Client(self.target) as c:
             with self.assertRaises(QuantizeManyError) as e:
                 c.quantize_many(specs, max_concurrency=2)
