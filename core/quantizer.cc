@@ -261,12 +261,13 @@ ActivationQuantizer OutputErrorSearch(const Eigen::Ref<const MatrixXf>& x, const
   }
   return cand[argmin()];
 }
-}  // namespace
-
-absl::StatusOr<ActivationQuantizer> CalibrateActivations(const Eigen::Ref<const MatrixXf>& x,
-                                                         const InputSpec& spec,
-                                                         const ActivationCalibration& cal,
-                                                         const MatrixXf* weights) {
+// CalibrateActivations; for kAuto also appends the min/max and percentile ranges it already has
+// to `fixed` (so that ActivationCandidates passes over X once).
+absl::StatusOr<ActivationQuantizer> Calibrate(const Eigen::Ref<const MatrixXf>& x,
+                                              const InputSpec& spec,
+                                              const ActivationCalibration& cal,
+                                              const MatrixXf* weights,
+                                              std::vector<ActivationQuantizer>* fixed) {
   if (x.size() == 0) return absl::InvalidArgumentError("calibration inputs are empty");
   if (auto s = CheckFinite(x, "calibration inputs"); !s.ok()) return s;
   if (!(cal.low_percentile >= 0 && cal.low_percentile < cal.high_percentile &&
@@ -318,20 +319,29 @@ absl::StatusOr<ActivationQuantizer> CalibrateActivations(const Eigen::Ref<const 
   for (size_t i = 1; i < cand.size(); ++i)
     if (input_err[i] < input_err[best]) best = i;
   if (cal.method == ActivationRange::kMse) return cand[best];
+  if (fixed != nullptr && cal.method == ActivationRange::kAuto) {
+    fixed->push_back(cand[kSteps - 1]);  // a = 1: the min/max range
+    fixed->push_back(pct);
+  }
   return OutputErrorSearch(x, *weights, cand, input_err);
+}
+
+}  // namespace
+
+absl::StatusOr<ActivationQuantizer> CalibrateActivations(const Eigen::Ref<const MatrixXf>& x,
+                                                         const InputSpec& spec,
+                                                         const ActivationCalibration& cal,
+                                                         const MatrixXf* weights) {
+  return Calibrate(x, spec, cal, weights, nullptr);
 }
 
 absl::StatusOr<std::vector<ActivationQuantizer>> ActivationCandidates(
     const Eigen::Ref<const MatrixXf>& x, const InputSpec& spec, const ActivationCalibration& cal,
     const MatrixXf* weights) {
-  std::vector<ActivationQuantizer> out;
-  AXEQ_ASSIGN_OR_RETURN(ActivationQuantizer first, CalibrateActivations(x, spec, cal, weights));
-  out.push_back(first);
-  if (cal.method != ActivationRange::kAuto) return out;
-  for (ActivationRange m : {ActivationRange::kMinMax, ActivationRange::kPercentile}) {
-    ActivationCalibration c = cal;
-    c.method = m;
-    AXEQ_ASSIGN_OR_RETURN(ActivationQuantizer q, CalibrateActivations(x, spec, c, weights));
+  std::vector<ActivationQuantizer> fixed;  // kAuto: min/max and percentile, from the same pass
+  AXEQ_ASSIGN_OR_RETURN(ActivationQuantizer first, Calibrate(x, spec, cal, weights, &fixed));
+  std::vector<ActivationQuantizer> out = {first};
+  for (const ActivationQuantizer& q : fixed) {
     bool seen = false;
     for (const ActivationQuantizer& o : out)
       seen |= o.scale == q.scale && o.zero_point == q.zero_point;
