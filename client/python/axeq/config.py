@@ -202,18 +202,16 @@ class ActivationQuantizer:
         """The ranges "auto" tries end to end, in order: the "output" range, then the "minmax"
         and "percentile" ones that differ from every earlier one (core's ActivationCandidates);
         for other methods the one range of calibrate()."""
-        first = cls.calibrate(x, bits, signed, percentiles, method, weights)
-        out = [first]
-        if method == "auto":
-            for m in ("minmax", "percentile"):
-                q = cls.calibrate(x, bits, signed, percentiles, m)
-                if all((q.scale, q.zero_point) != (o.scale, o.zero_point) for o in out):
-                    out.append(q)
+        fixed = []  # "auto": min/max and percentile from the same pass over x
+        out = [cls.calibrate(x, bits, signed, percentiles, method, weights, _fixed=fixed)]
+        for q in fixed:
+            if all((q.scale, q.zero_point) != (o.scale, o.zero_point) for o in out):
+                out.append(q)
         return out
 
     @classmethod
     def calibrate(cls, x, bits: int = 8, signed: bool = False, percentiles=None,
-                  method: str | None = None, weights=None) -> "ActivationQuantizer":
+                  method: str | None = None, weights=None, _fixed=None) -> "ActivationQuantizer":
         """Fits the range to x (numpy array or torch tensor, any shape; a tensor stays on its
         device). method: "minmax"; "percentile" (`percentiles`, default 0.001/99.999, as the
         reference implementation); or "mse" (the default): the range among 100 multipliers 0.3..1.0
@@ -251,6 +249,8 @@ class ActivationQuantizer:
         grid = [cls.from_range(a * lo, a * hi, bits, signed) for a in MSE_MULTIPLIERS]
         input_err = cls._mse_grid(sample, grid)
         if rows is not None:
+            if _fixed is not None and method == "auto":
+                _fixed += [minmax, pctq]
             return _output_search(rows, weights, grid + [pctq], np.append(input_err, pctq.mse(sample)))
         best = [grid[i] for i in np.argsort(input_err, kind="stable")[:MSE_FINALISTS]]
         return min(best + [minmax, pctq], key=lambda q: q.mse(x))  # exact, on all of x
