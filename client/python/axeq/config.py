@@ -73,6 +73,7 @@ OUTPUT_MAX_ROWS = 512                         # rows "output" scores (see _outpu
 OUTPUT_TOP_ROWS = 128                         # of which the rows with the largest max |x|
 OUTPUT_COARSE_STEP = 10                       # its coarse pass: grid points 0, 10, ..., 90, 99
 OUTPUT_INPUT_FINALISTS = 4                    # best by input MSE, always scored
+SCAN_CHUNK = 1 << 20                          # values per step of the finiteness check and top-k of tensors
 
 
 def _is_torch(x) -> bool:
@@ -84,13 +85,22 @@ def _flat_finite(x):
     if _is_torch(x):
         import torch
         x = x.detach().reshape(-1).float()
-        ok = x.numel() > 0 and bool(torch.isfinite(x).all())
+        ok = x.numel() > 0 and all(bool(torch.isfinite(c).all()) for c in x.split(SCAN_CHUNK))
     else:
         x = np.asarray(x, dtype=np.float32).ravel()
         ok = x.size > 0 and bool(np.isfinite(x).all())
     if not ok:
         raise ValueError("calibration inputs must be non-empty and finite")
     return x
+
+
+def _topk_values(x, k: int, largest: bool):
+    """x.topk(k)'s values (flat tensor x), sorted, from the top k of each chunk of SCAN_CHUNK values:
+    the same values, without topk's copy of all of x (4 x its size on the CPU)."""
+    if x.numel() > SCAN_CHUNK:
+        import torch
+        x = torch.cat([c.topk(min(k, c.numel()), largest=largest).values for c in x.split(SCAN_CHUNK)])
+    return x.topk(min(k, x.numel()), largest=largest).values.sort(descending=largest).values
 
 
 def _percentile(x, p: float) -> float:
@@ -101,11 +111,11 @@ def _percentile(x, p: float) -> float:
     pos = p / 100.0 * (n - 1)
     i = int(np.floor(pos))
     if p <= 50:
-        v = x.topk(min(n, i + 2), largest=False).values.sort().values
+        v = _topk_values(x, i + 2, largest=False)
         a, b = float(v[i]), float(v[min(i + 1, n - 1)])
     else:
         j = n - 1 - i  # how many values lie above index i
-        v = x.topk(min(n, j + 1)).values.sort(descending=True).values
+        v = _topk_values(x, j + 1, largest=True)
         a, b = float(v[j]), float(v[max(j - 1, 0)])
     return a + (pos - i) * (b - a)
 
