@@ -190,11 +190,22 @@ def linear_groups(block, stream) -> list[list[str]]:
 @torch.no_grad()
 def layer_inputs(block, stream, layer) -> torch.Tensor:
     """The inputs [rows, K] that `layer` (a module of block) receives over the stream, before any
-    activation quantizer of its own; stops each forward pass there."""
-    out = []
+    activation quantizer of its own; stops each forward pass there. The rows are copied into one
+    buffer of the stream's token count as they arrive (no list of parts concatenated at the end:
+    half the peak); passes that do not fit it are concatenated after it (same values)."""
+    total = sum(x.shape[:-1].numel() for x, _, _ in stream)
+    buf, used, rest = None, 0, []
 
     def grab(mod, inp):
-        out.append(inp[0].detach().reshape(-1, inp[0].shape[-1]))
+        nonlocal buf, used
+        rows = inp[0].detach().reshape(-1, inp[0].shape[-1])
+        if buf is None and not rest:
+            buf = rows.new_empty((total, rows.shape[1]))
+        if not rest and rows.shape[1:] == buf.shape[1:] and rows.dtype == buf.dtype and used + len(rows) <= total:
+            buf[used:used + len(rows)] = rows
+            used += len(rows)
+        else:
+            rest.append(rows)
         raise _Stop
 
     h = layer.register_forward_pre_hook(grab)
@@ -206,15 +217,19 @@ def layer_inputs(block, stream, layer) -> torch.Tensor:
                 pass
     finally:
         h.remove()
-    return torch.cat(out)
+    if buf is None:
+        return torch.cat(rest)
+    return buf[:used] if not rest else torch.cat([buf[:used]] + rest)
 
 
 @torch.no_grad()
 def statistics(xq: torch.Tensor, x: torch.Tensor | None = None, *, cross=True, xx=False, means=False,
-               chunk_bytes: int = 16 << 20) -> dict:
+               quantize=None, chunk_bytes: int = 16 << 20) -> dict:
     """X~^T X~ / D, and with x: X~^T X / D (cross), X^T X / D (xx), the means; float64 on the rows'
     device, accumulated over row chunks of at most chunk_bytes (float64) each (below glibc's mmap
-    threshold, so that the chunks reuse one buffer instead of faulting in fresh pages)."""
+    threshold, so that the chunks reuse one buffer instead of faulting in fresh pages). quantize:
+    a row-wise function applied to each chunk of xq first (ActivationHook.quantize), so that X~ is
+    never materialised whole; the result is the same as statistics(quantize(xq), x)."""
     d, k = xq.shape
     f64 = dict(dtype=torch.float64, device=xq.device)
     out = {"gram": torch.zeros(k, k, **f64)}
@@ -224,7 +239,8 @@ def statistics(xq: torch.Tensor, x: torch.Tensor | None = None, *, cross=True, x
             out.update(mean_x=torch.zeros(k, **f64), mean_xq=torch.zeros(k, **f64))
     step = max(1, chunk_bytes // (8 * k))
     for r in range(0, d, step):
-        q = xq[r:r + step].double()
+        q = xq[r:r + step] if quantize is None else quantize(xq[r:r + step])
+        q = q.double()
         out["gram"].addmm_(q.T, q)
         if x is not None:
             f = x[r:r + step].double()
@@ -235,7 +251,7 @@ def statistics(xq: torch.Tensor, x: torch.Tensor | None = None, *, cross=True, x
             if "mean_x" in out:
                 out["mean_x"] += f.sum(0)
                 out["mean_xq"] += q.sum(0)
-    return {n: v / d for n, v in out.items()}
+    return {n: v.div_(d) for n, v in out.items()}
 
 
 def host(t: torch.Tensor):

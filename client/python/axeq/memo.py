@@ -99,6 +99,11 @@ class BlockMemo:
         self.held.clear()
         self.bytes, self.batch = 0, None
 
+    def forget(self, batch):
+        """Drops the entries of one calibration batch (its last pass over the block is done)."""
+        for key in [k for k in self.entries if k[1] == id(batch)]:
+            self._drop(key)
+
     def _wrap(self, module, forward):
         def memo_forward(*args, **kwargs):
             key = (id(module), id(self.batch))

@@ -117,17 +117,19 @@ class _Run:
         width: rows (X, X~) or statistics, computed once for them all. X is the float stream's
         inputs when carried, else the quantized stream's before activation quantization."""
         o = self.o
-        xq = hook.quantize(xq_raw)
         if o["upload"] == "rows":
-            return {"inputs": host(xq_raw if x is None else x), "quant_inputs": host(xq)}
+            return {"inputs": host(xq_raw if x is None else x), "quant_inputs": host(hook.quantize(xq_raw))}
         cross = cfg.algorithm == "gpfq" or relative_error
         src = xq_raw if x is None and relative_error else x
-        st = statistics(xq, src, cross=cross, means=bias and cfg.bias_correction)
-        if relative_error:  # X^T X / D does not depend on the range tried: once per group
-            if self.xx is None or self.xx[0]() is not src:
-                self.xx = (weakref.ref(src), host(statistics(src)["gram"]))
+        if relative_error and (self.xx is None or self.xx[0]() is not src):
+            self.xx = None  # X^T X / D does not depend on the range tried: once per group
+            self.xx = (weakref.ref(src), host(statistics(src)["gram"]))
+        st = statistics(xq_raw, src, cross=cross, means=bias and cfg.bias_correction, quantize=hook.quantize)
+        for k in st:  # to float32 one at a time (each float64 K x K is freed before the next)
+            st[k] = host(st[k])
+        if relative_error:
             st["xx"] = self.xx[1]
-        return dict(samples=xq.shape[0], **{k: v if k == "xx" else host(v) for k, v in st.items()})
+        return dict(samples=xq_raw.shape[0], **st)
 
     def ranges(self, names, mods, xq_raw):
         """Per layer: the activation ranges to try (ActivationQuantizer.candidates; one fit per input
@@ -216,12 +218,16 @@ class _Run:
                     mods = dict(memo.block.named_modules())
                     memo.pending = {mods[n] for g in groups[i:] for n in g}
                 self.group(prefix, block, fblock, names, qstream, fstream, pairs, progress)
-            for memo in memos:
-                memo.pending = set()
             t0 = time.time()
-            qstream = [[hidden(block(x, *a, **kw)), a, kw] for x, a, kw in qstream]
-            if fstream is not None:
-                fstream = [[hidden(fblock(x, *a, **kw)), a, kw] for x, a, kw in fstream]
+            for blk, stream in ((block, qstream), (fblock, fstream)):
+                memo = next((m for m in memos if m.block is blk), None)
+                if memo is not None:
+                    memo.pending = set()
+                for e in stream or ():  # in place, batch by batch: the block's input and its
+                    x, e[0] = e[0], hidden(blk(e[0], *e[1], **e[2]))  # memo entries are freed as we go
+                    if memo is not None:
+                        memo.forget(x)
+                    del x
             self.tick("forward", t0)
         return qstream, fstream
 

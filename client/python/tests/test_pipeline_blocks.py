@@ -1,8 +1,10 @@
 """The block-wise pipeline's pieces without a server (a stand-in client rounds to nearest): the
 repeated blocks are found, the first block's positional and keyword arguments are caught and
 reproduce the model's own forward, layers are grouped by shared input in execution order, merged
-calibration batches give the per-batch results, float64 statistics match a numpy reference,
-SmoothQuant folding keeps the float function, and quantize_model works in place (no copy of the
+calibration batches give the per-batch results, float64 statistics match a numpy reference (and
+quantizing X~ chunk by chunk inside them gives the same bits as quantizing it whole), a layer's
+inputs collected into one buffer equal the concatenated per-pass inputs (also when the passes do
+not fill it, or overflow it), SmoothQuant folding keeps the float function, and quantize_model works in place (no copy of the
 model, only of one block at a time), quantizes exactly the blocks' linears and never stacks two
 activation quantizers on a layer."""
 import copy
@@ -13,8 +15,9 @@ import torch
 
 import test_pipeline  # noqa: F401  (puts the build tree's stubs on sys.path)
 from axeq import Config
-from axeq.blocks import (capture_block_inputs, find_blocks, fold_smoothing, hidden, linear_groups, merge_stream,
-                         smoothing_scales, statistics)
+from axeq.blocks import (ActivationHook, capture_block_inputs, find_blocks, fold_smoothing, hidden, layer_inputs,
+                         linear_groups, merge_stream, smoothing_scales, statistics)
+from axeq.config import ActivationQuantizer
 from axeq.gpt2 import GPT2, GPT2Config
 from axeq.llama import random_llama
 from axeq.pipeline import quantize_model
@@ -111,6 +114,49 @@ class BlocksTest(unittest.TestCase):
         for k, v in ref.items():
             self.assertEqual(st[k].dtype, torch.float64)
             np.testing.assert_allclose(st[k].numpy(), v, rtol=1e-12, atol=1e-13, err_msg=k)
+
+    def test_statistics_quantize_chunks_like_the_whole(self):
+        g = torch.Generator().manual_seed(8)
+        x = torch.randn(1003, 40, generator=g) * 3
+        xq_raw = x + 0.2 * torch.randn(1003, 40, generator=g)
+        for dynamic in (False, True):
+            hook = ActivationHook(ActivationQuantizer.from_range(-4.0, 6.0, 8, False), dynamic)
+            whole = statistics(hook.quantize(xq_raw), x, xx=True, means=True, chunk_bytes=8 * 40 * 97)
+            chunked = statistics(xq_raw, x, xx=True, means=True, chunk_bytes=8 * 40 * 97, quantize=hook.quantize)
+            self.assertEqual(set(whole), set(chunked))
+            for k in whole:
+                self.assertTrue(torch.equal(whole[k], chunked[k]), (dynamic, k))
+            self.assertFalse(torch.equal(chunked["gram"], statistics(xq_raw, chunk_bytes=8 * 40 * 97)["gram"]))
+
+    @torch.no_grad()
+    def test_layer_inputs_in_one_buffer_equal_the_concatenation(self):
+        m = small_llama()
+        blk = m.layers[0]
+        stream = capture_block_inputs(m, blk, [torch.randint(0, 64, (2, n)) for n in (20, 7, 13)])
+        for name in ("attention.wq", "feed_forward.w2"):
+            layer = dict(blk.named_modules())[name]
+            seen = []
+            h = layer.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].reshape(-1, inp[0].shape[-1])))
+            for x, a, kw in stream:
+                blk(x, *a, **kw)
+            h.remove()
+            got = layer_inputs(blk, stream, layer)
+            self.assertEqual(got.shape, (80, layer.in_features))
+            self.assertTrue(torch.equal(got, torch.cat(seen)), name)
+
+        class Rows(torch.nn.Module):  # a layer seeing fewer or more rows than the stream's tokens
+            def __init__(self, keep):
+                super().__init__()
+                self.keep, self.lin = keep, torch.nn.Linear(4, 3)
+
+            def forward(self, x):
+                return self.lin(x[:, :self.keep] if self.keep > 0 else torch.cat([x, x[:, :-self.keep]], 1))
+        stream = [[torch.randn(2, t, 4), (), {}] for t in (5, 6, 3)]
+        for keep in (2, -2):
+            blk = Rows(keep)
+            ref = torch.cat([(x[:, :keep] if keep > 0 else torch.cat([x, x[:, :-keep]], 1)).reshape(-1, 4)
+                             for x, _, _ in stream])
+            self.assertTrue(torch.equal(layer_inputs(blk, stream, blk.lin), ref), keep)
 
     @torch.no_grad()
     def test_smoothing_keeps_the_float_function(self):

@@ -4,7 +4,7 @@
   Llama (positional arguments, OPTQ: quantized stream only) and GPT-2 (keyword-only mask, biases,
   GPFQ: float and quantized streams), and it does reuse (hits are counted);
 - an output the caller modified in place, a parameter changed in place and a new hook are never
-  served from the memo;
+  served from the memo; forgetting a batch frees its entries and their bytes;
 - the Llama attention computed a few sequences at a time equals the one-shot computation;
 - the activation hook's one-buffer quantizer equals ActivationQuantizer.apply bit for bit."""
 import unittest
@@ -16,7 +16,7 @@ import torch
 import test_pipeline  # noqa: F401  (puts the build tree's stubs on sys.path)
 from test_pipeline_blocks import RoundingClient, padded_batches, small_gpt2, small_llama
 from axeq import Config, llama
-from axeq.blocks import ActivationHook
+from axeq.blocks import ActivationHook, capture_block_inputs
 from axeq.config import ActivationQuantizer
 from axeq.memo import BlockMemo
 from axeq.pipeline import quantize_model
@@ -97,6 +97,26 @@ class MemoTest(unittest.TestCase):
             self.assertEqual(memo.hits, 2)
         self.assertNotIn("forward", vars(ln))  # the wrappers are gone
         self.assertNotIn("forward", vars(blk))
+
+    @torch.no_grad()
+    def test_forget_frees_a_batch(self):
+        m = small_llama()
+        blk = m.layers[0]
+        stream = capture_block_inputs(m, blk, [torch.randint(0, 64, (2, 9)) for _ in range(2)])
+        (x0, a0, _), (x1, a1, _) = stream
+        with BlockMemo(blk, 1 << 30) as memo:
+            outs = [blk(x, *a) for x, a, _ in stream]
+            full = memo.bytes
+            self.assertGreater(full, 0)
+            self.assertTrue(torch.equal(blk(x1, *a1), outs[1]))
+            hits = memo.hits
+            memo.forget(x0)
+            self.assertTrue(0 < memo.bytes < full)
+            self.assertTrue(all(k[1] != id(x0) for k in memo.entries))
+            self.assertTrue(torch.equal(blk(x1, *a1), outs[1]))  # the other batch is still served
+            self.assertGreater(memo.hits, hits)
+            memo.forget(x1)
+            self.assertEqual((memo.bytes, memo.entries, memo.held), (0, {}, {}))
 
     def test_chunked_attention_equals_one_shot(self):
         g = torch.Generator().manual_seed(2)
