@@ -8,7 +8,7 @@ ARG BASE=debian:bookworm
 FROM ${BASE} AS build
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       cmake g++ make libeigen3-dev libabsl-dev libssl-dev libxxhash-dev libgtest-dev libgmock-dev nlohmann-json3-dev \
-      libcli11-dev libfmt-dev libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc \
+      libcli11-dev libfmt-dev libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libtcmalloc-minimal4 \
       grpc-proto prometheus-cpp-dev ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -25,7 +25,7 @@ RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DAXEQ_NATIVE=OFF -DAXEQ_BUIL
 FROM ${BASE} AS runtime
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libgrpc++1.51 libprotobuf32 libabsl20220623 libssl3 libprometheus-cpp-core1.0 \
-      libprometheus-cpp-pull1.0 ca-certificates \
+      libprometheus-cpp-pull1.0 libtcmalloc-minimal4 ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /var/lib/axeq --create-home axeq
 COPY --from=build /out/ /usr/local/bin/

@@ -6,6 +6,7 @@
 #include "grpcpp/client_context.h"
 #include "proto/convert.h"
 #include "server/job_manager.h"
+#include "server/limits.h"
 
 namespace axeq::server {
 
@@ -193,6 +194,12 @@ void JobManager::Housekeeping() {
     const int64_t now = UnixMs();
     ExpireUploads(now);
     EvictFinished(now);
+    if (ReleaseMemoryWhenIdle(now)) {
+      l.unlock();
+      ReleaseFreeMemory();
+      if (hooks_.on_memory_released) hooks_.on_memory_released();
+      l.lock();
+    }
     if (!durable_) continue;
     l.unlock();
     const auto removed = durable_->Trim(now - static_cast<int64_t>(options_.retention_hours * 3600e3), options_.retention_max_bytes);
@@ -202,6 +209,13 @@ void JobManager::Housekeeping() {
       if (it != jobs_.end() && it->second->state == v1::JOB_STATE_SUCCEEDED) jobs_.erase(it);
     }
   }
+}
+
+bool JobManager::ReleaseMemoryWhenIdle(int64_t now) {
+  if (!memory_to_release_ || running_ > 0 || !queue_.empty() || !uploads_.empty()) return false;
+  if (now - last_release_ms_ < options_.release_idle.count()) return false;
+  memory_to_release_ = false;
+  return true;
 }
 
 void JobManager::EvictFinished(int64_t now) {

@@ -116,6 +116,8 @@ void JobManager::Release(Job& job) {
   reserved_ -= job.reserved_bytes;
   job.reserved_bytes = 0;
   uploads_.erase(&job);
+  last_release_ms_ = UnixMs();
+  memory_to_release_ = true;
 }
 
 void JobManager::Finish(Job& job, const absl::Status& status) {

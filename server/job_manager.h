@@ -57,6 +57,9 @@ struct JobManagerOptions {
   double retention_hours = 24 * 7;       // durable results older than this are deleted
   int64_t retention_max_bytes = 20ll << 30;  // and the oldest beyond this total
   std::chrono::milliseconds housekeeping_interval{1000};  // timeouts, eviction, retention
+  // Freed job buffers stay with the allocator (reused without faulting their pages in again) until
+  // nothing has been received or run for this long; then they go back to the system.
+  std::chrono::milliseconds release_idle{10000};
   PeerOptions peers;                     // replica id (empty = host name) and how to reach peers
 };
 
@@ -123,6 +126,7 @@ class JobManager {
     std::function<void(const Job&, const std::string& event)> on_event;
     std::function<void(int queued, int running, int64_t reserved)> on_load;
     std::function<void(const Job&, double seconds, bool safe)> on_finished;
+    std::function<void()> on_memory_released;  // after an idle period (release_idle)
   };
   void SetHooks(Hooks hooks) { hooks_ = std::move(hooks); }
 
@@ -189,6 +193,7 @@ class JobManager {
   void Housekeeping();
   void ExpireUploads(int64_t now_ms);
   void EvictFinished(int64_t now_ms);
+  bool ReleaseMemoryWhenIdle(int64_t now_ms);  // requires mu_; true: release now (unlocked)
   void Persist(Job& job, const QuantizedLayer& layer);
   absl::StatusOr<std::shared_ptr<Job>> FromDisk(const std::string& principal, const std::string& id);
   absl::StatusOr<std::shared_ptr<Job>> Mirror(const std::string& principal, const std::string& id, const std::string& replica);
@@ -206,8 +211,8 @@ class JobManager {
   std::list<std::string> finished_order_, failed_order_;  // ids, oldest first
   std::map<const Job*, std::shared_ptr<Job>> uploads_;  // jobs in RECEIVING
   int running_ = 0, active_mirrors_ = 0;
-  int64_t reserved_ = 0;
-  bool draining_ = false, stopping_ = false;
+  int64_t reserved_ = 0, last_release_ms_ = 0;  // last reservation released (job or upload ended)
+  bool draining_ = false, stopping_ = false, memory_to_release_ = false;
   std::unique_ptr<DurableResults> durable_;
   std::unique_ptr<Peers> peers_;
   std::map<const Job*, grpc::ClientContext*> mirror_calls_;  // cancelled on destruction

@@ -1,6 +1,7 @@
 // Container limits from cgroup v2 / v1 files, with the machine's resources as the fallback.
 #include "server/limits.h"
 
+#include <malloc.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -9,6 +10,9 @@
 #include <fstream>
 #include <sstream>
 #include <thread>
+
+// tcmalloc's C entry point; null unless the binary was linked with tcmalloc.
+extern "C" void MallocExtension_ReleaseFreeMemory(void) __attribute__((weak));
 
 namespace axeq::server {
 namespace {
@@ -27,6 +31,11 @@ int64_t PhysicalMemory() {
 }
 
 }  // namespace
+
+void ReleaseFreeMemory() {
+  if (MallocExtension_ReleaseFreeMemory) MallocExtension_ReleaseFreeMemory();
+  else malloc_trim(0);
+}
 
 int64_t ParseMemoryMax(const std::string& text) {
   std::istringstream ss(text);

@@ -18,6 +18,10 @@ int CpuQuota();
 // buffers and results kept in memory).
 int64_t DefaultMemoryBudget();
 
+// Returns the allocator's free memory to the system: tcmalloc's free spans when the process was
+// linked with it (AXEQ_TCMALLOC, docs/benchmarks.md), else glibc's malloc_trim.
+void ReleaseFreeMemory();
+
 // Parsers of the cgroup files' contents (exposed for tests): -1 when unlimited or malformed.
 int64_t ParseMemoryMax(const std::string& text);
 double ParseCpuMax(const std::string& text);                       // v2 "quota period" / "max period"

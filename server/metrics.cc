@@ -14,6 +14,7 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& addr
   m->jobs_ = &prometheus::BuildCounter().Name("axeq_jobs_total").Help("Jobs by final state").Register(r);
   m->certificates_ = &prometheus::BuildCounter().Name("axeq_certificates_total").Help("Certificates issued by verdict").Register(r);
   m->received_ = &prometheus::BuildCounter().Name("axeq_received_bytes_total").Help("Payload bytes received in uploads").Register(r).Add({});
+  m->releases_ = &prometheus::BuildCounter().Name("axeq_memory_releases_total").Help("Freed job memory returned to the system after an idle period").Register(r).Add({});
   m->queue_depth_ = &prometheus::BuildGauge().Name("axeq_queue_depth").Help("Jobs waiting for a worker").Register(r).Add({});
   m->inflight_bytes_ = &prometheus::BuildGauge().Name("axeq_inflight_bytes").Help("Memory reserved by receiving, queued and running jobs").Register(r).Add({});
   m->busy_ = &prometheus::BuildGauge().Name("axeq_workers_busy").Help("Workers running a job").Register(r).Add({});

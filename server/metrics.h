@@ -25,6 +25,7 @@ class Metrics {
   void Received(int64_t bytes) { received_->Increment(static_cast<double>(bytes)); }
   void Load(int queued, int running, int64_t reserved_bytes);
   void Finished(const std::string& state, double seconds, bool has_certificate, bool safe);
+  void MemoryReleased() { releases_->Increment(); }
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -33,7 +34,7 @@ class Metrics {
   prometheus::Family<prometheus::Counter>* requests_ = nullptr;
   prometheus::Family<prometheus::Counter>* jobs_ = nullptr;
   prometheus::Family<prometheus::Counter>* certificates_ = nullptr;
-  prometheus::Counter* received_ = nullptr;
+  prometheus::Counter *received_ = nullptr, *releases_ = nullptr;
   prometheus::Gauge *queue_depth_ = nullptr, *inflight_bytes_ = nullptr, *busy_ = nullptr,
                     *utilisation_ = nullptr;
   prometheus::Histogram* latency_ = nullptr;

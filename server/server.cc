@@ -94,6 +94,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   hooks.on_finished = [m](const Job& j, double seconds, bool safe) {
     m->Finished(v1::JobState_Name(j.state), seconds, j.state == v1::JOB_STATE_SUCCEEDED, safe);
   };
+  hooks.on_memory_released = [m] { m->MemoryReleased(); };
   s->jobs_->SetHooks(hooks);
   s->service_ = MakeQuantizerService(s->jobs_.get(), m, std::move(auth).value(), o.max_upload_bytes);
 

@@ -378,6 +378,35 @@ grpc::health::v1::HealthCheckResponse::ServingStatus Health(int port) {
   return st.ok() ? resp.status() : grpc::health::v1::HealthCheckResponse::UNKNOWN;
 }
 
+// Freed job memory stays with the allocator while jobs keep coming and goes back to the system once
+// after release_idle without uploads or jobs (JobManagerOptions::release_idle).
+TEST(ServerOps, FreedMemoryIsReleasedOnceAfterAnIdlePeriod) {
+  auto opts = Plain();
+  opts.metrics_address = "127.0.0.1:0";
+  opts.jobs.release_idle = std::chrono::milliseconds(300);
+  opts.jobs.housekeeping_interval = std::chrono::milliseconds(20);
+  auto srv = Server::Start(opts);
+  ASSERT_TRUE(srv.ok()) << srv.status();
+  auto releases = [&] {
+    const std::string m = HttpGet((*srv)->metrics_port(), "/metrics");
+    const size_t at = m.find("\naxeq_memory_releases_total ");
+    return at == std::string::npos ? -1 : std::atoi(m.c_str() + at + 28);
+  };
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  EXPECT_EQ(releases(), 0) << "nothing ran: nothing to release";
+  std::mt19937_64 rng(12);
+  for (int round = 1; round <= 2; ++round) {
+    Case c = MakeCase(rng, Algorithm::kOptq, 0, false);
+    ASSERT_TRUE(ClientFor((*srv)->port())->Quantize(Remote(c)).ok());
+    int seen = releases();
+    for (int i = 0; i < 200 && seen < round; ++i, seen = releases())
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    EXPECT_EQ(seen, round) << "round " << round;
+    std::this_thread::sleep_for(std::chrono::milliseconds(600));  // two more idle periods
+    EXPECT_EQ(releases(), round) << "released again without new work";
+  }
+}
+
 TEST(ServerOps, MetricsHealthAndDrain) {
   auto opts = Plain();
   opts.metrics_address = "127.0.0.1:0";
@@ -398,6 +427,7 @@ TEST(ServerOps, MetricsHealthAndDrain) {
                            "axeq_queue_depth 0", "axeq_inflight_bytes 0", "axeq_received_bytes_total",
                            "axeq_jobs_total{state=\"JOB_STATE_SUCCEEDED\"} 1", "axeq_worker_utilisation_ratio"})
     EXPECT_NE(m.find(want), std::string::npos) << want << "\n" << m.substr(0, 3000);
+  EXPECT_NE(m.find("axeq_memory_releases_total 0"), std::string::npos) << "released before the idle period";
   // Draining: health turns NOT_SERVING before the server stops accepting.
   std::thread drain([&] { (*srv)->Drain(std::chrono::milliseconds(500)); });
   bool not_serving = false;
