@@ -231,8 +231,9 @@ class ActivationQuantizer:
         same candidates, the least error of the layer's output with its float weights,
         sum ||(x - apply(x)) W^T||^2 over at most OUTPUT_MAX_ROWS rows, found as core's kOutput
         does (coarse grid, input-MSE finalists, pattern search). "auto" returns the "output" range
-        here; the pipeline and Client.quantize then quantize the layer with every range of
-        candidates() and keep the least relative output error (as the CLI). Raises ValueError on
+        here; Client.quantize (as the CLI) then quantizes the layer with every range of
+        candidates() and keeps the least relative output error, the pipeline the range whose
+        block output is closest to the float model's (axeq.pipeline._Run.choose). Raises ValueError on
         empty or non-finite x, or missing / mis-shaped weights for "output" and "auto"."""
         method = method or ("percentile" if percentiles is not None else "mse")
         if method not in RANGE_METHODS:

@@ -147,8 +147,8 @@ class _Run:
     @torch.no_grad()
     def group(self, prefix, block, fblock, names, qstream, fstream, pairs, progress):
         """Quantizes one group of layers of block (they share an input) and installs their results.
-        With several activation ranges (act_range "auto") every layer is quantized with each and the
-        result with the least relative output error is kept (the first on ties), as the CLI does."""
+        With several activation ranges (act_range "auto") every layer is quantized with each and
+        the trial to keep is chosen by the block's output (choose)."""
         t0 = time.time()
         mods = dict(block.named_modules())
         xq_raw = layer_inputs(block, qstream, mods[names[0]])
@@ -164,9 +164,9 @@ class _Run:
         t0 = self.tick("forward", t0)
         keys, fits = self.ranges(names, mods, xq_raw)
         trials = max(len(f) for f in fits.values())
-        rel = self.o["relative_error"] or trials > 1
+        rel = self.o["relative_error"] or (trials > 1 and fblock is None)  # choose()'s fallback needs it
         bias = any(mods[n].bias is not None for n in names)
-        best = {}  # layer name -> (result, hook)
+        tried = []  # per range tried: {layer name: (result, hook)}
         for t in range(trials):
             specs, hooks, shared = [], {}, {}
             for n in names:
@@ -183,22 +183,44 @@ class _Run:
                                   bias=None if lin.bias is None else host(lin.bias), relative_error=rel))
             del shared
             t0 = self.tick("statistics", t0)
+            done = {}
             for r in self.client.quantize_many(specs, max_concurrency=self.o["max_concurrency"],
                                                on_result=progress.layer if trials == 1 else None):
-                n = r.name[len(prefix):]
-                if n not in best or _error_or_inf(r) < _error_or_inf(best[n][0]):
-                    best[n] = (r, hooks[n])
+                done[r.name[len(prefix):]] = (r, hooks[r.name[len(prefix):]])
+            tried.append({**tried[0], **done} if tried else done)  # fewer ranges: a layer keeps its first
             t0 = self.tick("server", t0)
         del xq_raw, x
+        best = self.choose(mods, block, fblock, qstream, fstream, tried)
+        self.tick("forward", t0)
         for n, (r, hook) in best.items():
-            lin = mods[n]
-            lin.weight.copy_(torch.from_numpy(r.dequantized()).to(lin.weight))
-            if r.bias is not None and lin.bias is not None:
-                lin.bias.copy_(torch.from_numpy(r.bias).to(lin.bias))
-            install_activation_hook(lin, hook)
             self.results[r.name] = r
             if trials > 1:
                 progress.layer(r)
+
+    @staticmethod
+    @torch.no_grad()
+    def choose(mods, block, fblock, qstream, fstream, tried) -> dict:
+        """Installs and returns the trial to keep, {layer name: (result, hook)}. Several trials
+        (act_range "auto") with the float stream carried: the one whose block output, with this
+        group quantized and the later layers still float, is closest to the float block's on the
+        calibration set, sum ||block(X~) - fblock(X)||^2 (the first on ties): the layer's own
+        output error is measured on its inputs, not on what the model computes next
+        (docs/results-stories260k.md). Without the float stream: per layer the least relative
+        output error the server reports (as the CLI does)."""
+        if len(tried) > 1 and fblock is None:
+            tried = [{n: min((t[n] for t in tried), key=lambda rh: _error_or_inf(rh[0])) for n in tried[0]}]
+        install = [{n: (torch.from_numpy(r.dequantized()), None if r.bias is None else torch.from_numpy(r.bias), hook)
+                    for n, (r, hook) in t.items()} for t in tried]
+        err = [0.0] * len(tried)
+        if len(tried) > 1:
+            for (xq, a, kw), (xf, fa, fkw) in zip(qstream, fstream):  # one batch's output at a time
+                y = hidden(fblock(xf, *fa, **fkw))
+                for i, w in enumerate(install):
+                    _install(mods, w)
+                    err[i] += float((hidden(block(xq, *a, **kw)) - y).double().pow(2).sum())
+        i = min(range(len(tried)), key=lambda i: (err[i], i))
+        _install(mods, install[i])
+        return tried[i]
 
     @torch.no_grad()
     def block(self, prefix, block, qstream, fstream, pairs, groups, progress):
@@ -232,6 +254,16 @@ class _Run:
         return qstream, fstream
 
 
+def _install(mods, chosen):
+    """Writes {layer name: (weight, bias or None, hook)} into the layers of mods."""
+    for n, (w, b, hook) in chosen.items():
+        lin = mods[n]
+        lin.weight.copy_(w.to(lin.weight))
+        if b is not None and lin.bias is not None:
+            lin.bias.copy_(b.to(lin.bias))
+        install_activation_hook(lin, hook)
+
+
 def quantize_model(model, batches, client: Client, config: Config | None = None, *, blocks=None,
                    groups=None, smooth_pairs=None, smoothquant_alpha: float | None = 0.4,
                    upload: str = "statistics", relative_error: bool = False,
@@ -250,9 +282,10 @@ def quantize_model(model, batches, client: Client, config: Config | None = None,
     to this many tokens (merge_stream; lower it to bound attention's memory). memo_bytes: what axeq.memo.BlockMemo may keep per stream to
     reuse sub-results across the passes over a block (default: MEMO_STREAM_COPIES copies of the
     stream's hidden states, at least MEMO_MIN_BYTES; 0 turns it off; results are the same either
-    way). The activation range
-    is fitted by config.act_range on X~. Layers outside
-    the blocks (embeddings, classifier) stay float. ValueError on bad options."""
+    way). The activation range is fitted by config.act_range on X~; with "auto" (the default)
+    each group is quantized with every range of ActivationQuantizer.candidates and the one whose
+    block output is closest to the float block's is kept (_Run.choose; the float stream is carried
+    for it). Layers outside the blocks (embeddings, classifier) stay float. ValueError on bad options."""
     config = config or Config()
     if upload not in ("statistics", "rows"):
         raise ValueError(f"upload must be 'statistics' or 'rows', got {upload!r}")
@@ -263,7 +296,8 @@ def quantize_model(model, batches, client: Client, config: Config | None = None,
                                     dynamic_activations=dynamic_activations, smoothquant_alpha=smoothquant_alpha,
                                     memo_bytes=memo_bytes))
     has_bias = any(m.bias is not None for m in blocks.modules() if isinstance(m, torch.nn.Linear))
-    need_float = config.algorithm == "gpfq" or relative_error or (has_bias and config.bias_correction)
+    need_float = (config.algorithm == "gpfq" or relative_error or (has_bias and config.bias_correction)
+                  or config.act_range == "auto")  # auto's trials are judged against the float block (_Run.choose)
     mods = dict(model.named_modules())
     total = sum(isinstance(m, torch.nn.Linear) for m in blocks.modules())
     bar = LayerProgress(total, progress)
