@@ -5,6 +5,7 @@
 #include "cli/commands.h"
 #include "core/verify.h"
 #include "formats/result_file.h"
+#include "proto/result.h"
 
 namespace axeq::cli {
 namespace {
@@ -31,7 +32,7 @@ int RunCancel(const JobFlags& f, const RemoteFlags& remote) {
   if (!client.ok()) return Fail(client.status());
   auto st = (*client)->Cancel(f.id);
   if (!st.ok()) return Fail(st.status());
-  std::printf("%s: %s\n", f.id.c_str(), v1::JobState_Name(*st).c_str());
+  std::printf("%s: %s\n", f.id.c_str(), WireStateName(*st).c_str());
   return kExitOk;
 }
 

@@ -117,8 +117,11 @@ absl::StatusOr<QuantizedLayer> Collect(Reader* reader, ResultDecoder* decoder,
                                        const std::function<void(double, const std::string&)>& progress) {
   v1::JobEvent e;
   absl::Status bad;
+  auto report = [&](const JobSnapshot& p) {
+    if (progress) progress(p.fraction, WireStateName(p.state));
+  };
   while (reader->Read(&e))
-    if (bad.ok()) bad = decoder->Add(e, progress);
+    if (bad.ok()) bad = decoder->Add(e, report);
   const grpc::Status st = reader->Finish();
   if (!st.ok()) return FromGrpc(st);
   if (!bad.ok()) return bad;
@@ -254,7 +257,7 @@ absl::StatusOr<QuantizedLayer> RemoteClient::Fetch(const std::string& job_id,
   return WithRetries([&](int* retry_after) { return FetchOnce(job_id, progress, retry_after); }, /*retry_aborted=*/false);
 }
 
-absl::StatusOr<v1::JobState> RemoteClient::Cancel(const std::string& job_id) {
+absl::StatusOr<JobState> RemoteClient::Cancel(const std::string& job_id) {
   grpc::ClientContext ctx;
   Prepare(&ctx);
   v1::CancelRequest req;
@@ -262,7 +265,7 @@ absl::StatusOr<v1::JobState> RemoteClient::Cancel(const std::string& job_id) {
   v1::CancelResponse resp;
   auto st = stub_->Cancel(&ctx, req, &resp);
   if (!st.ok()) return FromGrpc(st);
-  return resp.state();
+  return DecodeState(resp.state());
 }
 
 absl::StatusOr<std::vector<v1::JobInfo>> RemoteClient::List() {

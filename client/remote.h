@@ -16,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "axeq/v1/axeq.grpc.pb.h"
+#include "core/job_state.h"
 #include "core/layer.h"
 
 namespace axeq {
@@ -65,7 +66,7 @@ class RemoteClient {
                                           const std::function<void(double, const std::string&)>& progress = {});
   absl::StatusOr<QuantizedLayer> Fetch(const std::string& job_id,
                                        const std::function<void(double, const std::string&)>& progress = {});
-  absl::StatusOr<v1::JobState> Cancel(const std::string& job_id);
+  absl::StatusOr<JobState> Cancel(const std::string& job_id);
   absl::StatusOr<std::vector<v1::JobInfo>> List();
 
  private:

@@ -149,8 +149,10 @@ QuantizedLayer SmallLayer() {
 TEST(Result, EncodeDecodeRoundTrip) {
   const QuantizedLayer l = SmallLayer();
   ResultDecoder d;
-  std::vector<std::string> states;
-  ASSERT_TRUE(d.Add(ProgressEvent("j1", v1::Progress{}), [&](double, const std::string& s) { states.push_back(s); }).ok());
+  std::vector<JobState> states;
+  ASSERT_TRUE(d.Add(ProgressEvent("j1", JobSnapshot{JobState::kRunning}), [&](const JobSnapshot& p) {
+                 states.push_back(p.state);
+               }).ok());
   ASSERT_TRUE(EmitResultChunks("j1", l.codes, l.scales, &*l.bias, [&](const v1::JobEvent& e) { return d.Add(e).ok(); }));
   ASSERT_TRUE(d.Add(FinishedEvent("j1", EncodeFinished(l))).ok());
   auto back = d.Finish();
@@ -165,7 +167,7 @@ TEST(Result, EncodeDecodeRoundTrip) {
   EXPECT_TRUE(back->bias_corrected);
   EXPECT_EQ(back->certificate.weights_sha256, l.certificate.weights_sha256);
   EXPECT_EQ(back->certificate.tile_size(), 2);
-  EXPECT_EQ(states, std::vector<std::string>{"JOB_STATE_UNSPECIFIED"});
+  EXPECT_EQ(states, std::vector<JobState>{JobState::kRunning});
 }
 
 TEST(Result, MissingOrMisorderedPartsAreDataLoss) {
@@ -189,9 +191,30 @@ TEST(Result, FailuresKeepTheirCodeAndState) {
   ResultDecoder d;
   ASSERT_TRUE(d.Add(FinishedEvent("j", f)).ok());
   EXPECT_EQ(d.Finish().status().code(), absl::StatusCode::kDeadlineExceeded);
-  EXPECT_TRUE(IsTerminal(v1::JOB_STATE_CANCELLED));
-  EXPECT_FALSE(IsTerminal(v1::JOB_STATE_CANCELLING));
-  EXPECT_EQ(StateName(v1::JOB_STATE_RUNNING), "RUNNING");
+  EXPECT_TRUE(IsTerminal(DecodeState(v1::JOB_STATE_CANCELLED)));
+  EXPECT_FALSE(IsTerminal(DecodeState(v1::JOB_STATE_CANCELLING)));
+  EXPECT_EQ(JobStateName(JobState::kRunning), std::string("RUNNING"));
+  EXPECT_EQ(FinishedStatus(EncodeOutcome(absl::OkStatus(), nullptr)).code(), absl::StatusCode::kInternal);
+}
+
+TEST(Result, JobStatesAndProgressRoundTrip) {
+  for (JobState s : {JobState::kReceiving, JobState::kQueued, JobState::kRunning, JobState::kCancelling,
+                     JobState::kSucceeded, JobState::kFailed, JobState::kCancelled}) {
+    EXPECT_NE(EncodeState(s), v1::JOB_STATE_UNSPECIFIED) << JobStateName(s);
+    EXPECT_EQ(DecodeState(EncodeState(s)), s) << JobStateName(s);
+    EXPECT_EQ(WireStateName(s), std::string("JOB_STATE_") + JobStateName(s));
+    const JobSnapshot p{s, 123456789012, 0.25, 3};
+    ResultDecoder d;
+    JobSnapshot got;
+    ASSERT_TRUE(d.Add(ProgressEvent("j", p), [&](const JobSnapshot& q) { got = q; }).ok());
+    EXPECT_EQ(got.state, s);
+    EXPECT_EQ(got.bytes_received, p.bytes_received);
+    EXPECT_EQ(got.fraction, p.fraction);
+    EXPECT_EQ(got.queue_position, p.queue_position);
+  }
+  EXPECT_EQ(DecodeState(v1::JOB_STATE_UNSPECIFIED), JobState::kUnknown);
+  EXPECT_EQ(DecodeState(static_cast<v1::JobState>(99)), JobState::kUnknown);
+  EXPECT_EQ(EncodeState(JobState::kUnknown), v1::JOB_STATE_UNSPECIFIED);
 }
 
 }  // namespace

@@ -9,23 +9,42 @@
 
 namespace axeq {
 
-bool IsTerminal(v1::JobState s) {
-  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
+namespace {
+
+constexpr std::pair<JobState, v1::JobState> kStates[] = {
+    {JobState::kReceiving, v1::JOB_STATE_RECEIVING}, {JobState::kQueued, v1::JOB_STATE_QUEUED},
+    {JobState::kRunning, v1::JOB_STATE_RUNNING},     {JobState::kCancelling, v1::JOB_STATE_CANCELLING},
+    {JobState::kSucceeded, v1::JOB_STATE_SUCCEEDED}, {JobState::kFailed, v1::JOB_STATE_FAILED},
+    {JobState::kCancelled, v1::JOB_STATE_CANCELLED}};
+
+}  // namespace
+
+v1::JobState EncodeState(JobState state) {
+  for (auto [core, wire] : kStates)
+    if (core == state) return wire;
+  return v1::JOB_STATE_UNSPECIFIED;
 }
 
-v1::JobState TerminalState(const absl::Status& s) {
-  if (s.ok()) return v1::JOB_STATE_SUCCEEDED;
-  const absl::StatusCode c = s.code();
-  if (c == absl::StatusCode::kCancelled || c == absl::StatusCode::kDeadlineExceeded || c == absl::StatusCode::kUnavailable)
-    return v1::JOB_STATE_CANCELLED;
-  return v1::JOB_STATE_FAILED;
+JobState DecodeState(v1::JobState state) {
+  for (auto [core, wire] : kStates)
+    if (wire == state) return core;
+  return JobState::kUnknown;
 }
 
-std::string StateName(v1::JobState s) {
-  std::string n = v1::JobState_Name(s);
-  constexpr char kPrefix[] = "JOB_STATE_";
-  return n.rfind(kPrefix, 0) == 0 ? n.substr(sizeof(kPrefix) - 1) : n;
+v1::Progress EncodeProgress(const JobSnapshot& p) {
+  v1::Progress out;
+  out.set_state(EncodeState(p.state));
+  out.set_bytes_received(p.bytes_received);
+  out.set_fraction(p.fraction);
+  out.set_queue_position(p.queue_position);
+  return out;
 }
+
+JobSnapshot DecodeProgress(const v1::Progress& p) {
+  return JobSnapshot{DecodeState(p.state()), p.bytes_received(), p.fraction(), p.queue_position()};
+}
+
+std::string WireStateName(JobState state) { return v1::JobState_Name(EncodeState(state)); }
 
 v1::Finished EncodeFinished(const QuantizedLayer& l) {
   v1::Finished f;
@@ -44,22 +63,26 @@ v1::Finished EncodeFinished(const QuantizedLayer& l) {
 
 v1::Finished EncodeFailure(const absl::Status& s) {
   v1::Finished f;
-  f.set_state(TerminalState(s));
+  f.set_state(EncodeState(TerminalState(s)));
   f.set_code(static_cast<int>(s.code()));
   f.set_message(std::string(s.message()));
   return f;
 }
 
+v1::Finished EncodeOutcome(const absl::Status& status, const QuantizedLayer* result) {
+  return status.ok() && result ? EncodeFinished(*result) : EncodeFailure(status.ok() ? absl::InternalError("no result") : status);
+}
+
 absl::Status FinishedStatus(const v1::Finished& f) {
   if (f.state() == v1::JOB_STATE_SUCCEEDED) return absl::OkStatus();
   const auto code = f.code() == 0 ? absl::StatusCode::kUnknown : static_cast<absl::StatusCode>(f.code());
-  return absl::Status(code, f.message().empty() ? StateName(f.state()) : f.message());
+  return absl::Status(code, f.message().empty() ? JobStateName(DecodeState(f.state())) : f.message());
 }
 
-v1::JobEvent ProgressEvent(const std::string& job_id, const v1::Progress& progress) {
+v1::JobEvent ProgressEvent(const std::string& job_id, const JobSnapshot& progress) {
   v1::JobEvent e;
   e.set_job_id(job_id);
-  *e.mutable_progress() = progress;
+  *e.mutable_progress() = EncodeProgress(progress);
   return e;
 }
 
@@ -89,10 +112,10 @@ bool EmitResultChunks(const std::string& job_id, const MatrixXi8& codes, const M
          (!bias || send(v1::RESULT_PART_BIAS, bias->data(), bias->size() * 4, 4));
 }
 
-absl::Status ResultDecoder::Add(const v1::JobEvent& e, const std::function<void(double, const std::string&)>& progress) {
+absl::Status ResultDecoder::Add(const v1::JobEvent& e, const std::function<void(const JobSnapshot&)>& progress) {
   if (!e.job_id().empty()) job_id_ = e.job_id();
   if (e.has_progress()) {
-    if (progress) progress(e.progress().fraction(), v1::JobState_Name(e.progress().state()));
+    if (progress) progress(DecodeProgress(e.progress()));
   } else if (e.has_result()) {
     const v1::ResultChunk& r = e.result();
     std::string* buf = r.part() == v1::RESULT_PART_CODES    ? &codes_
@@ -150,12 +173,12 @@ absl::StatusOr<QuantizedLayer> ResultDecoder::Finish() const {
   return l;
 }
 
-v1::JobInfo EncodeJobInfo(const std::string& job_id, const std::string& layer_name, v1::JobState state,
+v1::JobInfo EncodeJobInfo(const std::string& job_id, const std::string& layer_name, JobState state,
                           int64_t created_unix_ms) {
   v1::JobInfo i;
   i.set_job_id(job_id);
   i.set_layer_name(layer_name);
-  i.set_state(state);
+  i.set_state(EncodeState(state));
   i.set_created_unix_ms(created_unix_ms);
   return i;
 }

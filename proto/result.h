@@ -11,28 +11,33 @@
 
 #include "absl/status/statusor.h"
 #include "axeq/v1/axeq.pb.h"
+#include "core/job_state.h"
 #include "core/quantized_layer.h"
 
 namespace axeq {
 
-// True for SUCCEEDED, FAILED and CANCELLED (no event follows Finished).
-bool IsTerminal(v1::JobState state);
-// The terminal state a job ends in with `status`: OK -> SUCCEEDED; CANCELLED, DEADLINE_EXCEEDED
-// and UNAVAILABLE (stopped by a draining server) -> CANCELLED; anything else -> FAILED.
-v1::JobState TerminalState(const absl::Status& status);
-// "RUNNING" for JOB_STATE_RUNNING.
-std::string StateName(v1::JobState state);
+// Job states and progress (core/job_state.h) <-> the wire. UNSPECIFIED and unknown values decode
+// to kUnknown.
+v1::JobState EncodeState(JobState state);
+JobState DecodeState(v1::JobState state);
+v1::Progress EncodeProgress(const JobSnapshot& progress);
+JobSnapshot DecodeProgress(const v1::Progress& progress);
+// "JOB_STATE_RUNNING" for kRunning: the wire's name (metrics labels, the client's progress).
+std::string WireStateName(JobState state);
 
 // The summary of a finished layer (state SUCCEEDED): everything but codes, scales and bias,
 // which travel as ResultChunks.
 v1::Finished EncodeFinished(const QuantizedLayer& layer);
 // The summary of a job that ended without a result: TerminalState(status), code and message.
 v1::Finished EncodeFailure(const absl::Status& status);
+// The summary of a job that ended with `status`: EncodeFinished(*result) when OK, else
+// EncodeFailure(status).
+v1::Finished EncodeOutcome(const absl::Status& status, const QuantizedLayer* result);
 // The status a summary stands for: OK for SUCCEEDED, else its code and message (UNKNOWN if a
 // failed summary carries code 0).
 absl::Status FinishedStatus(const v1::Finished& finished);
 
-v1::JobEvent ProgressEvent(const std::string& job_id, const v1::Progress& progress);
+v1::JobEvent ProgressEvent(const std::string& job_id, const JobSnapshot& progress);
 v1::JobEvent FinishedEvent(const std::string& job_id, const v1::Finished& finished);
 // Calls emit with each ResultChunk event of codes (int8 [C,K] row-major), scales (float32
 // [C,groups]) and bias (float32 [C], if any), in that order, in chunks of at most kChunkBytes.
@@ -43,11 +48,12 @@ bool EmitResultChunks(const std::string& job_id, const MatrixXi8& codes, const M
 // Rebuilds a QuantizedLayer from the events of Quantize or Watch{include_result}.
 class ResultDecoder {
  public:
-  // Takes one event: remembers the job id, reports progress (fraction, "JOB_STATE_..." name) through
-  // `progress` if set, appends result chunks (DATA_LOSS when out of order or of unknown part).
-  absl::Status Add(const v1::JobEvent& event,
-                   const std::function<void(double, const std::string&)>& progress = {});
+  // Takes one event: remembers the job id, reports progress through `progress` if set, appends
+  // result chunks (DATA_LOSS when out of order or of unknown part).
+  absl::Status Add(const v1::JobEvent& event, const std::function<void(const JobSnapshot&)>& progress = {});
   bool finished() const { return has_finished_; }
+  // A summary arrived and says SUCCEEDED (the result may still be incomplete).
+  bool succeeded() const { return has_finished_ && finished_.state() == v1::JOB_STATE_SUCCEEDED; }
   const std::string& job_id() const { return job_id_; }
   // The layer: the job's error for a failed summary; DATA_LOSS without a summary, with result
   // sizes that do not match it, or with an inconsistent certificate.
@@ -59,7 +65,7 @@ class ResultDecoder {
   bool has_finished_ = false;
 };
 
-v1::JobInfo EncodeJobInfo(const std::string& job_id, const std::string& layer_name, v1::JobState state,
+v1::JobInfo EncodeJobInfo(const std::string& job_id, const std::string& layer_name, JobState state,
                           int64_t created_unix_ms);
 
 }  // namespace axeq

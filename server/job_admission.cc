@@ -44,7 +44,7 @@ absl::StatusOr<std::shared_ptr<Job>> JobManager::Admit(const AdmitRequest& req) 
       auto it = by_key_.find({req.principal, req.idempotency_key});
       if (it != by_key_.end() && jobs_.count(it->second)) {
         const Job& old = *jobs_[it->second];
-        if (old.state != v1::JOB_STATE_FAILED && old.state != v1::JOB_STATE_CANCELLED) existing = old.id;
+        if (old.state != JobState::kFailed && old.state != JobState::kCancelled) existing = old.id;
       } else if (durable_) {
         existing = durable_->FindKey(req.principal, req.idempotency_key).value_or("");
       }
@@ -74,7 +74,7 @@ absl::StatusOr<std::shared_ptr<Job>> JobManager::Deduplicate(const std::shared_p
     auto it = by_key_.find({job->principal, key});
     if (it != by_key_.end() && jobs_.count(it->second) && jobs_[it->second] != job) {
       old = jobs_[it->second];
-      if (old->state == v1::JOB_STATE_FAILED || old->state == v1::JOB_STATE_CANCELLED) old.reset();
+      if (old->state == JobState::kFailed || old->state == JobState::kCancelled) old.reset();
     }
     if (old) {
       old_id = old->id;

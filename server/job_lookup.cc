@@ -46,7 +46,6 @@ absl::StatusOr<std::shared_ptr<Job>> JobManager::FromDisk(const std::string& pri
   job->content_digest = entry->content_digest;
   job->created_unix_ms = entry->created_unix_ms;
   job->durable_path = entry->path;
-  job->finished = EncodeFinished(*layer);
   StoreResult(*job, std::move(*layer));
   std::lock_guard<std::mutex> l(mu_);
   auto [it, inserted] = jobs_.emplace(id, job);
@@ -62,7 +61,7 @@ absl::StatusOr<std::shared_ptr<Job>> JobManager::Mirror(const std::string& princ
   job->id = id;
   job->principal = principal;
   job->listed = false;
-  job->state = v1::JOB_STATE_UNSPECIFIED;
+  job->state = JobState::kUnknown;
   auto first = std::make_shared<std::promise<absl::Status>>();
   auto answered = first->get_future();
   {
@@ -76,21 +75,21 @@ absl::StatusOr<std::shared_ptr<Job>> JobManager::Mirror(const std::string& princ
     absl::Status bad;
     bool got_event = false;
     grpc::ClientContext* call = nullptr;
+    auto progress = [&](const JobSnapshot& p) {  // called with mu_ held
+      // A terminal state is the mirror's only once the result is all in (below).
+      if (!IsTerminal(p.state)) job->state = p.state;
+      else if (job->state == JobState::kUnknown) job->state = JobState::kRunning;
+      job->bytes_received = p.bytes_received;
+      job->fraction = p.fraction;
+    };
     const absl::Status end = peers_->Watch(
         replica, principal, id,
         [&](const v1::JobEvent& e) {
           std::lock_guard<std::mutex> l(mu_);
           if (!got_event) first->set_value(absl::OkStatus());
           got_event = true;
-          if (e.has_progress()) {
-            // A terminal state is the mirror's only once the result is all in (below).
-            if (!IsTerminal(e.progress().state())) job->state = e.progress().state();
-            else if (job->state == v1::JOB_STATE_UNSPECIFIED) job->state = v1::JOB_STATE_RUNNING;
-            job->bytes_received = e.progress().bytes_received();
-            job->fraction = e.progress().fraction();
-          }
-          if (bad.ok()) bad = decoder.Add(e);
-          if (e.has_finished()) job->finished = e.finished();
+          const absl::Status s = decoder.Add(e, progress);
+          if (bad.ok()) bad = s;
           Notify(*job);
           if (job.use_count() <= 1 && call) call->TryCancel();  // nobody follows the mirror any more
         },
@@ -106,7 +105,7 @@ absl::StatusOr<std::shared_ptr<Job>> JobManager::Mirror(const std::string& princ
     if (layer.ok()) {
       StoreResult(*job, std::move(layer).value());
       Finish(*job, absl::OkStatus());
-    } else if (job->finished.state() == v1::JOB_STATE_SUCCEEDED) {
+    } else if (decoder.succeeded()) {
       Finish(*job, end.ok() ? absl::DataLossError(absl::StrCat("the result of job ", id, " from replica ", replica,
                                                                " was incomplete: ", layer.status().message()))
                             : end);
@@ -126,9 +125,9 @@ absl::StatusOr<std::shared_ptr<Job>> JobManager::Mirror(const std::string& princ
 absl::Status JobManager::LoadResult(Job& job) {
   {
     std::lock_guard<std::mutex> l(mu_);
-    if (job.state != v1::JOB_STATE_SUCCEEDED)
-      return absl::FailedPreconditionError(absl::StrCat("job ", job.id, " has no result (state ", v1::JobState_Name(job.state), ")"));
-    if (job.codes) return absl::OkStatus();
+    if (job.state != JobState::kSucceeded)
+      return absl::FailedPreconditionError(absl::StrCat("job ", job.id, " has no result (state ", JobStateName(job.state), ")"));
+    if (job.result) return absl::OkStatus();
   }
   if (!durable_) return absl::DataLossError(absl::StrCat("the result of job ", job.id, " is gone"));
   auto layer = durable_->Load(job.id);
@@ -153,17 +152,11 @@ int64_t JobManager::WaitForChange(const Job& job, int64_t seen, std::chrono::mil
   return job.version;
 }
 
-v1::Progress JobManager::Snapshot(const Job& job, int* queue_position) {
+JobSnapshot JobManager::Snapshot(const Job& job) {
   std::lock_guard<std::mutex> l(mu_);
-  v1::Progress p;
-  p.set_state(job.state);
-  p.set_bytes_received(job.bytes_received);
-  p.set_fraction(job.fraction);
-  int pos = 0;
+  JobSnapshot p{job.state, job.bytes_received, job.fraction, 0};
   for (size_t i = 0; i < queue_.size(); ++i)
-    if (queue_[i].get() == &job) pos = static_cast<int>(i) + 1;
-  p.set_queue_position(pos);
-  if (queue_position) *queue_position = pos;
+    if (queue_[i].get() == &job) p.queue_position = static_cast<int>(i) + 1;
   return p;
 }
 
@@ -206,7 +199,7 @@ void JobManager::Housekeeping() {
     l.lock();
     for (const auto& id : removed) {  // results that are gone from disk leave memory as well
       auto it = jobs_.find(id);
-      if (it != jobs_.end() && it->second->state == v1::JOB_STATE_SUCCEEDED) jobs_.erase(it);
+      if (it != jobs_.end() && it->second->state == JobState::kSucceeded) jobs_.erase(it);
     }
   }
 }

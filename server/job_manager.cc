@@ -95,7 +95,7 @@ void JobManager::ReportLoad() {
 void JobManager::Submit(const std::shared_ptr<Job>& job, std::unique_ptr<JobInput> input) {
   {
     std::lock_guard<std::mutex> l(mu_);
-    if (job->state != v1::JOB_STATE_RECEIVING) return;  // ended meanwhile (idle timeout, cancel)
+    if (job->state != JobState::kReceiving) return;  // ended meanwhile (idle timeout, cancel)
     if (draining_) {
       Finish(*job, absl::UnavailableError("server is draining; resubmit the job to another replica"));
       return;
@@ -103,7 +103,7 @@ void JobManager::Submit(const std::shared_ptr<Job>& job, std::unique_ptr<JobInpu
     uploads_.erase(job.get());  // its slot moves to the queue
     job->abort_upload = nullptr;
     job->input = std::move(input);
-    job->state = v1::JOB_STATE_QUEUED;
+    job->state = JobState::kQueued;
     queue_.push_back(job);
     Notify(*job);
   }
@@ -123,8 +123,6 @@ void JobManager::Release(Job& job) {
 void JobManager::Finish(Job& job, const absl::Status& status) {
   job.state = TerminalState(status);
   job.status = status;
-  if (status.ok()) job.finished.set_state(job.state);  // the summary was encoded with the result
-  else job.finished = EncodeFailure(status);
   job.ended_ms = UnixMs();
   job.input.reset();
   job.abort_upload = nullptr;
@@ -134,9 +132,7 @@ void JobManager::Finish(Job& job, const absl::Status& status) {
 }
 
 void JobManager::StoreResult(Job& job, QuantizedLayer&& layer) {
-  job.codes = std::make_shared<const MatrixXi8>(std::move(layer.codes));
-  job.scales = std::make_shared<const MatrixXf>(std::move(layer.scales));
-  if (layer.bias) job.bias = std::make_shared<const Eigen::VectorXf>(std::move(*layer.bias));
+  job.result = std::make_shared<const QuantizedLayer>(std::move(layer));
 }
 
 bool JobManager::FailLocked(const std::shared_ptr<Job>& job, const absl::Status& status) {
@@ -144,20 +140,20 @@ bool JobManager::FailLocked(const std::shared_ptr<Job>& job, const absl::Status&
   absl::Status st = status;
   if (st.code() == absl::StatusCode::kCancelled && std::chrono::system_clock::now() >= job->deadline)
     st = absl::DeadlineExceededError("the job's deadline passed");
-  if (job->state == v1::JOB_STATE_RUNNING || job->state == v1::JOB_STATE_CANCELLING) {  // ends in Run()
+  if (job->state == JobState::kRunning || job->state == JobState::kCancelling) {  // ends in Run()
     job->stop_code = st.code();
     job->cancel = true;
-    job->state = v1::JOB_STATE_CANCELLING;
+    job->state = JobState::kCancelling;
     Notify(*job);
     return true;
   }
-  if (job->state == v1::JOB_STATE_QUEUED)
+  if (job->state == JobState::kQueued)
     for (auto it = queue_.begin(); it != queue_.end(); ++it)
       if (*it == job) {
         queue_.erase(it);
         break;
       }
-  const bool upload = job->state == v1::JOB_STATE_RECEIVING;
+  const bool upload = job->state == JobState::kReceiving;
   if (upload && job->listed) {  // a rejected or abandoned upload leaves no record
     job->listed = false;
     auto self = jobs_.find(job->id);
@@ -178,7 +174,7 @@ void JobManager::Fail(const std::shared_ptr<Job>& job, const absl::Status& statu
   ReportLoad();
 }
 
-absl::StatusOr<v1::JobState> JobManager::Cancel(const std::string& principal, const std::string& id) {
+absl::StatusOr<JobState> JobManager::Cancel(const std::string& principal, const std::string& id) {
   if (auto p = ParseJobId(id); p && p->replica != replica_id_) return peers_->Cancel(p->replica, principal, id);
   auto found = Get(principal, id);
   if (!found.ok()) return found.status();
@@ -203,7 +199,7 @@ void JobManager::Worker() {
       if (stopping_) return;
       job = queue_.front();
       queue_.pop_front();
-      job->state = v1::JOB_STATE_RUNNING;
+      job->state = JobState::kRunning;
       ++running_;
       Notify(*job);
     }
@@ -250,7 +246,6 @@ void JobManager::Run(const std::shared_ptr<Job>& job) {
     res.run.seconds = seconds;
     res.run.job_id = job->id;
     safe = res.certificate.safe;
-    job->finished = EncodeFinished(res);
     Persist(*job, res);  // durable before it is reported SUCCEEDED
     std::lock_guard<std::mutex> l(mu_);
     StoreResult(*job, std::move(res));

@@ -32,8 +32,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "axeq/v1/axeq.pb.h"
+#include "core/job_state.h"
 #include "core/layer.h"
+#include "core/quantized_layer.h"
 #include "core/thread_pool.h"
 #include "server/durable.h"
 #include "server/replicas.h"
@@ -90,7 +91,7 @@ struct Job {
   std::chrono::system_clock::time_point deadline = std::chrono::system_clock::time_point::max();
   std::atomic<bool> cancel{false};
   // Guarded by JobManager::mu_.
-  v1::JobState state = v1::JOB_STATE_RECEIVING;
+  JobState state = JobState::kReceiving;
   int64_t bytes_received = 0;
   double fraction = 0;
   int64_t version = 0;  // bumps on every change; watchers wait for it
@@ -102,11 +103,9 @@ struct Job {
   int64_t ended_ms = 0;
   std::shared_ptr<Job> resubmission_of;  // an upload under a key already bound to this job
   bool listed = true;  // in the job table (a resubmission is not, until it replaces its job)
-  // Result (SUCCEEDED): codes, scales, bias and the summary; loaded from disk when evicted.
-  std::shared_ptr<const MatrixXi8> codes;
-  std::shared_ptr<const MatrixXf> scales;
-  std::shared_ptr<const Eigen::VectorXf> bias;
-  v1::Finished finished;  // complete once the state is terminal
+  // The result (SUCCEEDED); reloaded from its durable file by LoadResult when it is not here.
+  // With `status`, what the job's summary (Finished) is made of once the state is terminal.
+  std::shared_ptr<const QuantizedLayer> result;
   std::string durable_path;
 };
 
@@ -155,7 +154,7 @@ class JobManager {
   void Fail(const std::shared_ptr<Job>& job, const absl::Status& status);
   // Cancels: a job not yet running ends CANCELLED at once; a running one answers CANCELLING and
   // ends CANCELLED within one block. Forwarded to the owner for another replica's id.
-  absl::StatusOr<v1::JobState> Cancel(const std::string& principal, const std::string& id);
+  absl::StatusOr<JobState> Cancel(const std::string& principal, const std::string& id);
   // Looks up a job the principal owns: NOT_FOUND (never existed, or expired), ABORTED (this
   // replica's id from before a restart, whose job was lost: resubmit), PERMISSION_DENIED. Another
   // replica's id returns a mirror of the owner's job, followed through a forwarded Watch.
@@ -164,7 +163,7 @@ class JobManager {
   // Waits until the job's version differs from `seen` or `timeout` passes; returns the version.
   int64_t WaitForChange(const Job& job, int64_t seen, std::chrono::milliseconds timeout);
   // Copies the job's state under the lock.
-  v1::Progress Snapshot(const Job& job, int* queue_position = nullptr);
+  JobSnapshot Snapshot(const Job& job);
   // Loads the result of a SUCCEEDED job (from memory or its durable file).
   absl::Status LoadResult(Job& job);
   // Stops admitting; waits up to `grace` for running and queued jobs, then stops the rest, which
@@ -186,7 +185,7 @@ class JobManager {
   void Worker();
   void Run(const std::shared_ptr<Job>& job);
   void Finish(Job& job, const absl::Status& status);  // requires mu_: terminal state + record
-  static void StoreResult(Job& job, QuantizedLayer&& layer);  // requires mu_: codes, scales, bias
+  static void StoreResult(Job& job, QuantizedLayer&& layer);  // requires mu_
   void Release(Job& job);                             // requires mu_: reservation, upload slot
   bool FailLocked(const std::shared_ptr<Job>& job, const absl::Status& status);  // requires mu_
   void Notify(Job& job);                              // requires mu_

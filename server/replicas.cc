@@ -141,7 +141,7 @@ absl::Status Peers::Watch(const std::string& replica, const std::string& princip
   return s;
 }
 
-absl::StatusOr<v1::JobState> Peers::Cancel(const std::string& replica, const std::string& principal, const std::string& id) {
+absl::StatusOr<JobState> Peers::Cancel(const std::string& replica, const std::string& principal, const std::string& id) {
   grpc::ClientContext ctx;
   auto stub = StubFor(replica, principal, std::chrono::seconds(30), &ctx);
   if (!stub.ok()) return stub.status();
@@ -150,7 +150,7 @@ absl::StatusOr<v1::JobState> Peers::Cancel(const std::string& replica, const std
   v1::CancelResponse resp;
   const absl::Status s = FromGrpc((*stub)->Cancel(&ctx, req, &resp));
   if (!s.ok()) return s;
-  return resp.state();
+  return DecodeState(resp.state());
 }
 
 }  // namespace axeq::server

@@ -19,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "axeq/v1/axeq.grpc.pb.h"
+#include "core/job_state.h"
 
 namespace grpc {
 class Channel;
@@ -63,7 +64,7 @@ class Peers {
   absl::Status Watch(const std::string& replica, const std::string& principal, const std::string& id,
                      const std::function<void(const v1::JobEvent&)>& on_event,
                      const std::function<void(grpc::ClientContext*)>& started);
-  absl::StatusOr<v1::JobState> Cancel(const std::string& replica, const std::string& principal, const std::string& id);
+  absl::StatusOr<JobState> Cancel(const std::string& replica, const std::string& principal, const std::string& id);
 
  private:
   explicit Peers(PeerOptions options) : options_(std::move(options)) {}

@@ -92,7 +92,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   };
   hooks.on_load = [m](int q, int r, int64_t b) { m->Load(q, r, b); };
   hooks.on_finished = [m](const Job& j, double seconds, bool safe) {
-    m->Finished(v1::JobState_Name(j.state), seconds, j.state == v1::JOB_STATE_SUCCEEDED, safe);
+    m->Finished(WireStateName(j.state), seconds, j.state == JobState::kSucceeded, safe);
   };
   hooks.on_memory_released = [m] { m->MemoryReleased(); };
   s->jobs_->SetHooks(hooks);

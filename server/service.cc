@@ -40,7 +40,7 @@ class QuantizerService final : public v1::Quantizer::Service {
     if (!principal.ok()) return Done("Cancel", principal.status());
     auto state = jobs_->Cancel(*principal, req->job_id());
     if (!state.ok()) return Done("Cancel", state.status());
-    resp->set_state(*state);
+    resp->set_state(EncodeState(*state));
     return Done("Cancel", absl::OkStatus());
   }
 
@@ -48,7 +48,7 @@ class QuantizerService final : public v1::Quantizer::Service {
     auto principal = auth_.Authenticate(*ctx);
     if (!principal.ok()) return Done("ListJobs", principal.status());
     for (const auto& j : jobs_->List(*principal))
-      *resp->add_jobs() = EncodeJobInfo(j->id, j->layer_name, jobs_->Snapshot(*j).state(), j->created_unix_ms);
+      *resp->add_jobs() = EncodeJobInfo(j->id, j->layer_name, jobs_->Snapshot(*j).state, j->created_unix_ms);
     return Done("ListJobs", absl::OkStatus());
   }
 
@@ -138,7 +138,7 @@ class QuantizerService final : public v1::Quantizer::Service {
                       bool include_result, bool owner_call, WriteFn&& write) {
     Job& job = *job_ptr;
     int64_t seen = -1;
-    v1::JobState last_state = v1::JOB_STATE_UNSPECIFIED;
+    JobState last_state = JobState::kUnknown;
     auto last_sent = std::chrono::steady_clock::now() - std::chrono::seconds(1);
     for (;;) {
       if (ctx->IsCancelled()) {
@@ -150,20 +150,21 @@ class QuantizerService final : public v1::Quantizer::Service {
         return absl::CancelledError("call cancelled by the client or its deadline");
       }
       seen = jobs_->WaitForChange(job, seen, std::chrono::milliseconds(200));
-      const v1::Progress p = jobs_->Snapshot(job);
+      const JobSnapshot p = jobs_->Snapshot(job);
       const auto now = std::chrono::steady_clock::now();
-      if (p.state() != last_state || now - last_sent > std::chrono::milliseconds(100)) {
+      if (p.state != last_state || now - last_sent > std::chrono::milliseconds(100)) {
         if (!write(ProgressEvent(id, p)) && !owner_call) return absl::CancelledError("watcher went away");
-        last_state = p.state();
+        last_state = p.state;
         last_sent = now;
       }
-      if (IsTerminal(p.state())) break;
+      if (IsTerminal(p.state)) break;
     }
-    // finished is complete once the state is terminal (written before the final Notify).
-    const v1::Finished fin = job.finished;
-    if (fin.state() == v1::JOB_STATE_SUCCEEDED && include_result) {
-      AXEQ_RETURN_IF_ERROR(jobs_->LoadResult(job));
-      if (!EmitResultChunks(id, *job.codes, *job.scales, job.bias.get(), write))
+    // status and result are complete once the state is terminal (written before the final Notify).
+    if (job.status.ok() && (include_result || !job.result)) AXEQ_RETURN_IF_ERROR(jobs_->LoadResult(job));
+    const v1::Finished fin = EncodeOutcome(job.status, job.result.get());
+    if (job.status.ok() && include_result) {
+      const QuantizedLayer& r = *job.result;
+      if (!EmitResultChunks(id, r.codes, r.scales, r.bias ? &*r.bias : nullptr, write))
         return absl::CancelledError("client went away while the result was streamed");
     }
     write(FinishedEvent(id, fin));

@@ -786,7 +786,7 @@ TEST(ServerCancel, CancelAnswersCancellingAndDeadlinesRecordDeadlineExceeded) {
   ASSERT_FALSE(id.empty());
   auto st = client->Cancel(id);
   ASSERT_TRUE(st.ok()) << st.status();
-  EXPECT_EQ(*st, v1::JOB_STATE_CANCELLING);
+  EXPECT_EQ(*st, JobState::kCancelling);
   runner.join();
   EXPECT_EQ(code, absl::StatusCode::kCancelled);
   auto last = WatchLast((*srv)->port(), id);
@@ -940,7 +940,7 @@ TEST(ServerReplicas, FetchByIdThroughAnyReplicaAndAfterTheOwnerRestarts) {
   EXPECT_TRUE(VerifyCertificate(via_b->codes, via_b->certificate).ok());
   auto cancel = ClientFor(pb)->Cancel(id);  // forwarded too: the job has already succeeded
   ASSERT_TRUE(cancel.ok()) << cancel.status();
-  EXPECT_EQ(*cancel, v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(*cancel, JobState::kSucceeded);
   kill(a, SIGKILL);
   waitpid(a, nullptr, 0);
   a = -1;
