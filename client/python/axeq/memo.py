@@ -15,12 +15,16 @@ one the same computation gave. Memory: what is stored, within a byte budget.
 
 keep_freed_memory() is the other half of making these passes cheap where fresh pages are expensive
 (virtual machines): glibc keeps freed heap memory in the process instead of returning it.
+release_freed_memory() is its opposite, for the pipeline's peak memory on large models: glibc's
+heap keeps hundreds of MiB of freed buffers (fragmented among live ones) that it would not reuse.
 """
 from __future__ import annotations
 
 import ctypes
 
 import torch
+
+_kept = False  # keep_freed_memory() was called: release_freed_memory() leaves the heap alone
 
 
 def _tensors(obj):
@@ -153,9 +157,38 @@ def keep_freed_memory(trim_bytes: int = 1 << 30) -> bool:
     project's 2-vCPU VM a fresh page costs ~4 ms per MiB, more than the arithmetic on small models
     (docs/pipeline-benchmarks.md). Process-wide and lasting, so scripts call it (examples/
     stories260k.py); the library never does. Returns False where it does not apply (no glibc)."""
+    global _kept
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    return bool(mallopt(m_trim_threshold, int(trim_bytes))) and bool(mallopt(m_mmap_threshold, 32 << 20))
+    _kept = bool(mallopt(m_trim_threshold, int(trim_bytes))) and bool(mallopt(m_mmap_threshold, 32 << 20))
+    return _kept
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def release_freed_memory(min_bytes: int = 64 << 20) -> int:
+    """Returns glibc's free heap memory to the kernel (malloc_trim) when more than min_bytes of it
+    are free, unless keep_freed_memory() asked to keep it. The pipeline calls it between phases
+    (after a group's inputs are caught, after each trial's statistics, after each group and
+    block): without it, freed buffers fragmented among live ones kept the ~100M-parameter run's
+    RSS ~0.3-0.8 GiB above what it used (docs/pipeline-benchmarks.md). Costs the page faults of
+    reusing that memory. Returns the bytes that were free (0 when nothing was done)."""
+    if _kept:
+        return 0
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+        free = libc.mallinfo2().fordblks
+    except (OSError, AttributeError):
+        return 0
+    if free <= min_bytes:
+        return 0
+    libc.malloc_trim(0)
+    return free

@@ -27,7 +27,7 @@ from .blocks import (ActivationHook, capture_block_inputs, find_blocks, hidden, 
                      fold_smoothing, layer_inputs, linear_groups, merge_stream, smoothing_scales, statistics)
 from .client import Client, LayerResult, _error_or_inf
 from .config import ActivationQuantizer, Config
-from .memo import BlockMemo
+from .memo import BlockMemo, release_freed_memory
 
 
 def data_type_bound(k: int, m: int, n: int, signed: bool) -> int:
@@ -50,8 +50,9 @@ def naive_bit_widths(k: int, m: int, n: int, signed: bool, p: int):
     return best[1], best[2]
 
 
-MEMO_STREAM_COPIES = 4  # default budget of BlockMemo per stream: copies of the stream's hidden states,
-MEMO_MIN_BYTES = 64 << 20  # but at least this much
+AUTO_JUDGE_TOKENS = 4096  # "auto" judges its trials on the first calibration batches up to this many tokens
+MEMO_STREAM_COPIES = 4  # default budget of the BlockMemos (split between the streams): copies of one
+MEMO_MIN_BYTES = 64 << 20  # stream's hidden states, but at least this much
 
 
 class QuantizedModel(dict):
@@ -112,6 +113,19 @@ class _Run:
         m, n = naive_bit_widths(lin.in_features, c.weight_bits, c.input_bits, c.signed_inputs, c.accumulator_bits)
         return replace(c, method="base", weight_bits=m, input_bits=n)
 
+    def float_inputs(self, fblock, fstream, names, mods, pair):
+        """The group's inputs X from the float stream when something reads them (SmoothQuant's
+        scales, rows uploads, GPFQ's X~^T X, relative errors, bias correction's means), else None:
+        OPTQ with "auto" ranges carries the float stream only for _Run.choose, which needs no X
+        (a [D, K] copy and a pass over the float block saved per group)."""
+        if fblock is None:
+            return None
+        cfgs = [(self.layer_config(mods[n]), mods[n].bias is not None) for n in names]
+        if not (pair or self.o["upload"] == "rows" or self.o["relative_error"]
+                or any(c.algorithm == "gpfq" or (b and c.bias_correction) for c, b in cfgs)):
+            return None
+        return layer_inputs(fblock, fstream, dict(fblock.named_modules())[names[0]])
+
     def calibration(self, cfg, hook, xq_raw, x, bias: bool, relative_error: bool) -> dict:
         """quantize()'s calibration arguments for the layers of a group that share cfg's input bit
         width: rows (X, X~) or statistics, computed once for them all. X is the float stream's
@@ -129,11 +143,13 @@ class _Run:
             st[k] = host(st[k])
         if relative_error:
             st["xx"] = self.xx[1]
+        release_freed_memory()  # the chunks' and float64 buffers
         return dict(samples=xq_raw.shape[0], **st)
 
     def ranges(self, names, mods, xq_raw):
         """Per layer: the activation ranges to try (ActivationQuantizer.candidates; one fit per input
         bit width, shared by the layers that read the same input, on their stacked weights)."""
+        release_freed_memory()  # the passes that caught xq_raw
         keys = {n: (self.layer_config(mods[n]).input_bits, self.layer_config(mods[n]).signed_inputs) for n in names}
         fits = {}
         for n in names:
@@ -152,8 +168,8 @@ class _Run:
         t0 = time.time()
         mods = dict(block.named_modules())
         xq_raw = layer_inputs(block, qstream, mods[names[0]])
-        x = layer_inputs(fblock, fstream, dict(fblock.named_modules())[names[0]]) if fblock is not None else None
         pair = pairs.get(names[0])
+        x = self.float_inputs(fblock, fstream, names, mods, pair)
         if pair:  # SmoothQuant, from the float inputs when they are carried: fold, rescale the inputs
             s = smoothing_scales(xq_raw if x is None else x, [mods[n] for n in pair[1]], self.o["smoothquant_alpha"])
             for blk in (block, fblock) if fblock is not None else (block,):
@@ -202,22 +218,25 @@ class _Run:
     def choose(mods, block, fblock, qstream, fstream, tried) -> dict:
         """Installs and returns the trial to keep, {layer name: (result, hook)}. Several trials
         (act_range "auto") with the float stream carried: the one whose block output, with this
-        group quantized and the later layers still float, is closest to the float block's on the
-        calibration set, sum ||block(X~) - fblock(X)||^2 (the first on ties): the layer's own
-        output error is measured on its inputs, not on what the model computes next
-        (docs/results-stories260k.md). Without the float stream: per layer the least relative
-        output error the server reports (as the CLI does)."""
+        group quantized and the later layers still float, is closest to the float block's,
+        sum ||block(X~) - fblock(X)||^2 over the first calibration batches (whole batches, until
+        AUTO_JUDGE_TOKENS tokens), the first on ties. A layer's own output error is measured on
+        its inputs, not on what the model computes next (docs/results-stories260k.md). Without
+        the float stream: per layer the least relative output error the server reports (the CLI's rule)."""
         if len(tried) > 1 and fblock is None:
             tried = [{n: min((t[n] for t in tried), key=lambda rh: _error_or_inf(rh[0])) for n in tried[0]}]
         install = [{n: (torch.from_numpy(r.dequantized()), None if r.bias is None else torch.from_numpy(r.bias), hook)
                     for n, (r, hook) in t.items()} for t in tried]
         err = [0.0] * len(tried)
-        if len(tried) > 1:
-            for (xq, a, kw), (xf, fa, fkw) in zip(qstream, fstream):  # one batch's output at a time
-                y = hidden(fblock(xf, *fa, **fkw))
-                for i, w in enumerate(install):
-                    _install(mods, w)
-                    err[i] += float((hidden(block(xq, *a, **kw)) - y).double().pow(2).sum())
+        seen = 0
+        for (xq, a, kw), (xf, fa, fkw) in zip(qstream, fstream) if len(tried) > 1 else ():
+            if seen >= AUTO_JUDGE_TOKENS:
+                break
+            seen += xq.shape[:-1].numel()
+            y = hidden(fblock(xf, *fa, **fkw))  # one batch's output at a time
+            for i, w in enumerate(install):
+                _install(mods, w)
+                err[i] += float((hidden(block(xq, *a, **kw)) - y).double().pow(2).sum())
         i = min(range(len(tried)), key=lambda i: (err[i], i))
         _install(mods, install[i])
         return tried[i]
@@ -233,13 +252,16 @@ class _Run:
         groups = groups or linear_groups(block, qstream)
         t0 = self.tick("forward", t0)
         with contextlib.ExitStack() as stack:
-            memos = [stack.enter_context(BlockMemo(b, self.o["memo_bytes"]))
-                     for b in (block, fblock) if b is not None and self.o["memo_bytes"]]
+            carried = [b for b in (block, fblock) if b is not None]
+            memos = [stack.enter_context(BlockMemo(b, self.o["memo_bytes"] // len(carried)))
+                     for b in carried if self.o["memo_bytes"]]
             for i, names in enumerate(groups):
                 for memo in memos:  # layers that will change: modules holding them are not kept
                     mods = dict(memo.block.named_modules())
                     memo.pending = {mods[n] for g in groups[i:] for n in g}
                 self.group(prefix, block, fblock, names, qstream, fstream, pairs, progress)
+                self.xx = None
+                release_freed_memory()
             t0 = time.time()
             for blk, stream in ((block, qstream), (fblock, fstream)):
                 memo = next((m for m in memos if m.block is blk), None)
@@ -251,6 +273,7 @@ class _Run:
                         memo.forget(x)
                     del x
             self.tick("forward", t0)
+        release_freed_memory()
         return qstream, fstream
 
 
@@ -279,10 +302,13 @@ def quantize_model(model, batches, client: Client, config: Config | None = None,
     smooth_pairs: (norm module, [linear names]) for SmoothQuant. upload: "statistics" (K x K,
     computed here in float64) or "rows". relative_error: also compute X^T X so the server reports
     relative errors. max_batch_tokens: calibration batches are merged into forward passes of up
-    to this many tokens (merge_stream; lower it to bound attention's memory). memo_bytes: what axeq.memo.BlockMemo may keep per stream to
-    reuse sub-results across the passes over a block (default: MEMO_STREAM_COPIES copies of the
-    stream's hidden states, at least MEMO_MIN_BYTES; 0 turns it off; results are the same either
-    way). The activation range is fitted by config.act_range on X~; with "auto" (the default)
+    to this many tokens (merge_stream; lower it to bound attention's memory). memo_bytes: what axeq.memo.BlockMemo may keep,
+    split evenly between the quantized and the float stream when both are carried, to reuse
+    sub-results across the passes over a block (default: MEMO_STREAM_COPIES copies of one stream's
+    hidden states, at least MEMO_MIN_BYTES; 0 turns it off; results are the same either way).
+    Memory: the model, one float copy of the current block, the streams, the memo, one group's
+    inputs and its statistics; freed heap memory is returned to the system between phases
+    (axeq.memo.release_freed_memory) unless axeq.memo.keep_freed_memory() asked to keep it. The activation range is fitted by config.act_range on X~; with "auto" (the default)
     each group is quantized with every range of ActivationQuantizer.candidates and the one whose
     block output is closest to the float block's is kept (_Run.choose; the float stream is carried
     for it). Layers outside the blocks (embeddings, classifier) stay float. ValueError on bad options."""

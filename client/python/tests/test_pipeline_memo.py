@@ -5,6 +5,8 @@
   GPFQ: float and quantized streams), and it does reuse (hits are counted);
 - an output the caller modified in place, a parameter changed in place and a new hook are never
   served from the memo; forgetting a batch frees its entries and their bytes;
+- release_freed_memory returns glibc's free heap to the kernel (RSS drops), and leaves it alone
+  after keep_freed_memory();
 - the Llama attention computed a few sequences at a time equals the one-shot computation;
 - the activation hook's one-buffer quantizer equals ActivationQuantizer.apply bit for bit."""
 import unittest
@@ -18,7 +20,8 @@ from test_pipeline_blocks import RoundingClient, padded_batches, small_gpt2, sma
 from axeq import Config, llama
 from axeq.blocks import ActivationHook, capture_block_inputs
 from axeq.config import ActivationQuantizer
-from axeq.memo import BlockMemo
+from axeq import memo as memo_module
+from axeq.memo import BlockMemo, release_freed_memory
 from axeq.pipeline import quantize_model
 
 
@@ -117,6 +120,24 @@ class MemoTest(unittest.TestCase):
             self.assertGreater(memo.hits, hits)
             memo.forget(x1)
             self.assertEqual((memo.bytes, memo.entries, memo.held), (0, {}, {}))
+
+    def test_release_freed_memory(self):
+        def rss_mib():
+            with open("/proc/self/status") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+        for kept in (True, False):
+            bufs = [np.ones(100 << 10, np.uint8) for _ in range(1200)]  # 117 MiB of heap (below mmap's threshold)
+            del bufs[:-1]  # the last one pins the heap's top: nothing is trimmed by itself
+            before = rss_mib()
+            with mock.patch.object(memo_module, "_kept", kept):
+                freed = release_freed_memory(64 << 20)
+            if kept:
+                self.assertEqual(freed, 0)
+                self.assertGreater(rss_mib(), before - 32)
+            else:
+                self.assertGreater(freed, 100 << 20)
+                self.assertLess(rss_mib(), before - 64)
+            del bufs
 
     def test_chunked_attention_equals_one_shot(self):
         g = torch.Generator().manual_seed(2)
