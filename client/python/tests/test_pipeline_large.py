@@ -36,7 +36,10 @@ class LargeModelTest(unittest.TestCase):
         batches = [torch.randint(3, 512, (1, t), generator=g) for _ in range(n)]
         tokens = n * t
         # One block's activations: the float and quantized streams (2 x dim per token) and the
-        # inputs of the widest group captured from both streams plus its quantized copy (3 x hidden).
+        # block's three hidden-wide tensors (w1's and w3's outputs and their gated product: 3 x
+        # hidden). The pipeline holds, besides the model and its results, the streams, the memo
+        # (<= 4 x dim, axeq.pipeline.MEMO_STREAM_COPIES), one group's inputs (<= 2 x hidden) and
+        # its statistics (K x K): within this bound only because freed heap is returned.
         act_mb = tokens * (2 * dim + 3 * hidden) * 4 / 2**20
         proc, port = start_server("--workers", "2")
         try:
@@ -49,16 +52,17 @@ class LargeModelTest(unittest.TestCase):
                 model = random_llama(dim=dim, n_layers=blocks, hidden_dim=hidden, n_heads=16, n_kv_heads=16,
                                      vocab_size=512, seq_len=t, seed=0)
                 model_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-                t0 = time.time()
+                t0, c0 = time.time(), os.times()
                 res = quantize_model(model, batches, client, Config(accumulator_bits=20), max_batch_tokens=2048,
                                      progress=True)
-                wall = time.time() - t0
+                wall, c1 = time.time() - t0, os.times()
         finally:
             stop(proc)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss
         figures = {"params_M": round(model_mb * 2**20 / 4 / 1e6, 1), "model_MiB": round(model_mb),
                    "tokens": tokens, "activations_MiB": round(act_mb), "peak_rss_growth_MiB": round(peak),
-                   "wall_s": round(wall, 1), "timings_s": {k: round(v, 1) for k, v in res.timings.items()},
+                   "wall_s": round(wall, 1), "cpu_s": round(c1.user + c1.system - c0.user - c0.system, 1),
+                   "timings_s": {k: round(v, 1) for k, v in res.timings.items()},
                    "server_share": round(res.timings["server"] / wall, 3), "layers": len(res)}
         print("\nAXEQ_LARGE " + json.dumps(figures), flush=True)
         self.assertEqual(len(res), 7 * blocks)
