@@ -1,7 +1,7 @@
 // Bearer-token lookup time by where a wrong token first differs from a known one (docs/service.md):
 // the server hashes the presented token and compares fixed-length SHA-256 digests with every known
-// token through CRYPTO_memcmp, so a mismatch at the first byte costs what one at the last byte does.
-// Run: auth_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+// token through CRYPTO_memcmp, so a mismatch at the first byte costs what one at the last byte
+// does. Run: auth_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 #include <unistd.h>
 
 #include <cstdio>
@@ -18,14 +18,17 @@ namespace {
 constexpr char kKnown[] = "alice-token-0123456789abcdef0123456789abcdef";
 
 const axeq::server::Authenticator& Auth(int tokens) {
-  static std::map<int, axeq::server::Authenticator>* cache = new std::map<int, axeq::server::Authenticator>;
+  static std::map<int, axeq::server::Authenticator>* cache =
+      new std::map<int, axeq::server::Authenticator>;
   auto it = cache->find(tokens);
   if (it != cache->end()) return it->second;
-  const std::string path = "/tmp/axeq_auth_bench_" + std::to_string(getpid()) + "_" + std::to_string(tokens);
+  const std::string path =
+      "/tmp/axeq_auth_bench_" + std::to_string(getpid()) + "_" + std::to_string(tokens);
   {
     std::ofstream out(path);
     out << kKnown << " alice\n";
-    for (int i = 1; i < tokens; ++i) out << "other-token-" << i << "-0123456789abcdef0123456789 p" << i << "\n";
+    for (int i = 1; i < tokens; ++i)
+      out << "other-token-" << i << "-0123456789abcdef0123456789 p" << i << "\n";
   }
   auto a = axeq::server::Authenticator::FromFile(path);
   std::remove(path.c_str());

@@ -40,7 +40,14 @@ bool Spawn(const std::string& bin, const std::vector<std::string>& extra, int* p
   *pid = fork();
   if (*pid == 0) {
     freopen(log.c_str(), "w", stderr);
-    std::vector<std::string> args = {bin, "--address", "127.0.0.1:0", "--insecure", "--results-dir", dir, "--drain-delay-seconds", "0"};
+    std::vector<std::string> args = {bin,
+                                     "--address",
+                                     "127.0.0.1:0",
+                                     "--insecure",
+                                     "--results-dir",
+                                     dir,
+                                     "--drain-delay-seconds",
+                                     "0"};
     args.insert(args.end(), extra.begin(), extra.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
@@ -74,7 +81,8 @@ int main(int argc, char** argv) {
   std::string bin, address, server_args;
   int server_pid = 0, clients = 16, layers = 32, rounds = 5, k = 256, c = 256, acc_bits = 16;
   CLI::App app{"axeq load generator: N clients x M layers per round against a real server"};
-  app.add_option("--server-bin", bin, "start this axeq-server (insecure, on a free port, with a results dir)");
+  app.add_option("--server-bin", bin,
+                 "start this axeq-server (insecure, on a free port, with a results dir)");
   app.add_option("--server-args", server_args, "extra server flags, space-separated");
   app.add_option("--address", address, "or use a running server at host:port ...");
   app.add_option("--server-pid", server_pid, "... whose RSS is read from /proc/PID/status");
@@ -110,9 +118,10 @@ int main(int argc, char** argv) {
   expect.accumulator_bits = acc_bits;
   expect.input_bits = 8;
   expect.weight_bits = 4;
-  std::printf("server %s pid %d: %d clients x %d layers (%dx%d, OPTQ+AXE W4A8 P=%d) x %d rounds\n", address.c_str(), server_pid,
-              clients, layers, c, k, acc_bits, rounds);
-  std::printf("%5s %6s %9s %6s %6s %10s %8s %10s\n", "round", "jobs", "succeeded", "failed", "lost", "unverified", "seconds", "RSS MiB");
+  std::printf("server %s pid %d: %d clients x %d layers (%dx%d, OPTQ+AXE W4A8 P=%d) x %d rounds\n",
+              address.c_str(), server_pid, clients, layers, c, k, acc_bits, rounds);
+  std::printf("%5s %6s %9s %6s %6s %10s %8s %10s\n", "round", "jobs", "succeeded", "failed", "lost",
+              "unverified", "seconds", "RSS MiB");
   const long rss_start = StatusKb(server_pid, "VmRSS:");
   std::vector<long> rss;
   int64_t total_lost = 0, total_failed = 0, total_unverified = 0;
@@ -139,8 +148,10 @@ int main(int argc, char** argv) {
           auto r = (*client)->Quantize(l);
           if (!r.ok()) {
             const auto code = r.status().code();
-            (code == absl::StatusCode::kAborted || code == absl::StatusCode::kNotFound ? lost : failed)++;
-            if (failed + lost < 4) std::fprintf(stderr, "  job failed: %s\n", r.status().ToString().c_str());
+            (code == absl::StatusCode::kAborted || code == absl::StatusCode::kNotFound ? lost
+                                                                                       : failed)++;
+            if (failed + lost < 4)
+              std::fprintf(stderr, "  job failed: %s\n", r.status().ToString().c_str());
             continue;
           }
           ++ok;
@@ -149,13 +160,14 @@ int main(int argc, char** argv) {
       });
     for (auto& th : threads) th.join();
     std::this_thread::sleep_for(std::chrono::seconds(1));
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     rss.push_back(StatusKb(server_pid, "VmRSS:"));
     total_lost += lost;
     total_failed += failed;
     total_unverified += unverified;
-    std::printf("%5d %6d %9d %6d %6d %10d %8.1f %10.1f\n", round, clients * layers, ok.load(), failed.load(), lost.load(),
-                unverified.load(), secs, rss.back() / 1024.0);
+    std::printf("%5d %6d %9d %6d %6d %10d %8.1f %10.1f\n", round, clients * layers, ok.load(),
+                failed.load(), lost.load(), unverified.load(), secs, rss.back() / 1024.0);
     std::fflush(stdout);
   }
   long lo = rss.size() > 1 ? rss[1] : rss[0], hi = lo;
@@ -164,10 +176,13 @@ int main(int argc, char** argv) {
     hi = std::max(hi, rss[i]);
   }
   const double spread = lo > 0 ? 100.0 * (hi - lo) / lo : 0;
-  std::printf("RSS before: %.1f MiB; rounds 1..%d: %.1f..%.1f MiB (spread %.1f%%); peak (VmHWM) %.1f MiB\n", rss_start / 1024.0,
-              rounds - 1, lo / 1024.0, hi / 1024.0, spread, StatusKb(server_pid, "VmHWM:") / 1024.0);
-  std::printf("lost %lld, failed %lld, certificates not verified %lld\n", static_cast<long long>(total_lost),
-              static_cast<long long>(total_failed), static_cast<long long>(total_unverified));
+  std::printf(
+      "RSS before: %.1f MiB; rounds 1..%d: %.1f..%.1f MiB (spread %.1f%%); peak (VmHWM) %.1f MiB\n",
+      rss_start / 1024.0, rounds - 1, lo / 1024.0, hi / 1024.0, spread,
+      StatusKb(server_pid, "VmHWM:") / 1024.0);
+  std::printf("lost %lld, failed %lld, certificates not verified %lld\n",
+              static_cast<long long>(total_lost), static_cast<long long>(total_failed),
+              static_cast<long long>(total_unverified));
   if (!bin.empty()) {
     kill(server_pid, SIGTERM);
     waitpid(server_pid, nullptr, 0);

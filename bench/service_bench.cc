@@ -62,7 +62,9 @@ int64_t UploadBytes(const Fixture& f, const LayerStats& s) {
 }
 
 std::string Label(int64_t config) {
-  return config == 0 ? "OPTQ, H" : config == 1 ? "OPTQ, H + X~^T X + X^T X" : "GPFQ, X~^T X + X~^T X~";
+  return config == 0   ? "OPTQ, H"
+         : config == 1 ? "OPTQ, H + X~^T X + X^T X"
+                       : "GPFQ, X~^T X + X~^T X~";
 }
 
 void BM_Embedded(benchmark::State& state) {
@@ -70,7 +72,9 @@ void BM_Embedded(benchmark::State& state) {
   const LayerStats stats = Stats(f, state.range(1));
   ThreadPool pool(2);
   RunContext ctx;
-  ctx.parallel_for = [&](int64_t n, const std::function<void(int64_t)>& fn) { pool.ParallelFor(n, fn); };
+  ctx.parallel_for = [&](int64_t n, const std::function<void(int64_t)>& fn) {
+    pool.ParallelFor(n, fn);
+  };
   for (auto _ : state) {
     auto r = QuantizeLayer(f.w, nullptr, stats, Options(state.range(1)), ctx);
     benchmark::DoNotOptimize(r.ok());
@@ -100,7 +104,8 @@ void BM_Remote(benchmark::State& state) {
     const auto t0 = std::chrono::steady_clock::now();
     std::chrono::steady_clock::time_point queued{};
     auto r = client->Quantize(l, [&](double, const std::string& s) {
-      if (queued == std::chrono::steady_clock::time_point{} && (s == "JOB_STATE_QUEUED" || s == "JOB_STATE_RUNNING"))
+      if (queued == std::chrono::steady_clock::time_point{} &&
+          (s == "JOB_STATE_QUEUED" || s == "JOB_STATE_RUNNING"))
         queued = std::chrono::steady_clock::now();
     });
     const auto t1 = std::chrono::steady_clock::now();
@@ -110,16 +115,26 @@ void BM_Remote(benchmark::State& state) {
     }
     state.counters["upload_s"] = std::chrono::duration<double>(queued - t0).count();
     state.counters["server_compute_s"] = r->run.seconds;
-    state.counters["after_compute_s"] = std::chrono::duration<double>(t1 - queued).count() - r->run.seconds;
-    ingest_mb_s = static_cast<double>(UploadBytes(f, stats)) / 1e6 / std::chrono::duration<double>(queued - t0).count();
+    state.counters["after_compute_s"] =
+        std::chrono::duration<double>(t1 - queued).count() - r->run.seconds;
+    ingest_mb_s = static_cast<double>(UploadBytes(f, stats)) / 1e6 /
+                  std::chrono::duration<double>(queued - t0).count();
   }
   state.counters["ingest_MBps"] = ingest_mb_s;
   state.counters["upload_MB"] = static_cast<double>(UploadBytes(f, stats)) / 1e6;
   state.SetLabel(Label(state.range(1)));
 }
 
-BENCHMARK(BM_Embedded)->ArgsProduct({{1024, 4096}, {0, 1, 2}})->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
-BENCHMARK(BM_Remote)->ArgsProduct({{1024, 4096}, {0, 1, 2}})->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+BENCHMARK(BM_Embedded)
+    ->ArgsProduct({{1024, 4096}, {0, 1, 2}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Iterations(3);
+BENCHMARK(BM_Remote)
+    ->ArgsProduct({{1024, 4096}, {0, 1, 2}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Iterations(3);
 
 }  // namespace
 }  // namespace axeq

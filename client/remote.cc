@@ -31,7 +31,8 @@ bool Retryable(absl::StatusCode c, bool aborted) {
          (aborted && c == absl::StatusCode::kAborted);
 }
 
-absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(const RemoteOptions& o, grpc::ChannelArguments* args) {
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(
+    const RemoteOptions& o, grpc::ChannelArguments* args) {
   if (!o.tls && o.tls_ca_file.empty()) return grpc::InsecureChannelCredentials();
   grpc::SslCredentialsOptions ssl;
   if (!o.tls_ca_file.empty()) {
@@ -76,14 +77,22 @@ UploadPlan PlanFor(const RemoteLayer& l, const std::string& idempotency_key) {
 const float* TensorData(const RemoteLayer& l, const float* weights, v1::TensorKind kind) {
   const LayerStats* s = l.stats;
   switch (kind) {
-    case v1::TENSOR_KIND_WEIGHT: return weights;
-    case v1::TENSOR_KIND_BIAS: return l.bias->data();
-    case v1::TENSOR_KIND_GRAM: return s->gram.data();
-    case v1::TENSOR_KIND_CROSS: return s->cross.size() ? s->cross.data() : nullptr;
-    case v1::TENSOR_KIND_XX: return s->xx.data();
-    case v1::TENSOR_KIND_MEAN_X: return s->mean_x.data();
-    case v1::TENSOR_KIND_MEAN_XQ: return s->mean_xq.data();
-    default: return nullptr;
+    case v1::TENSOR_KIND_WEIGHT:
+      return weights;
+    case v1::TENSOR_KIND_BIAS:
+      return l.bias->data();
+    case v1::TENSOR_KIND_GRAM:
+      return s->gram.data();
+    case v1::TENSOR_KIND_CROSS:
+      return s->cross.size() ? s->cross.data() : nullptr;
+    case v1::TENSOR_KIND_XX:
+      return s->xx.data();
+    case v1::TENSOR_KIND_MEAN_X:
+      return s->mean_x.data();
+    case v1::TENSOR_KIND_MEAN_XQ:
+      return s->mean_xq.data();
+    default:
+      return nullptr;
   }
 }
 
@@ -105,16 +114,18 @@ absl::StatusOr<std::unique_ptr<RemoteClient>> RemoteClient::Connect(const Remote
 
 void RemoteClient::Prepare(grpc::ClientContext* ctx) const {
   if (!options_.token.empty()) ctx->AddMetadata("authorization", "Bearer " + options_.token);
-  ctx->set_deadline(std::chrono::system_clock::now() +
-                    std::chrono::milliseconds(static_cast<int64_t>(options_.deadline_seconds * 1000)));
+  ctx->set_deadline(
+      std::chrono::system_clock::now() +
+      std::chrono::milliseconds(static_cast<int64_t>(options_.deadline_seconds * 1000)));
 }
 
 namespace {
 
 // Reads events to the end of the call; the result, or the call's / job's error.
 template <typename Reader>
-absl::StatusOr<QuantizedLayer> Collect(Reader* reader, ResultDecoder* decoder,
-                                       const std::function<void(double, const std::string&)>& progress) {
+absl::StatusOr<QuantizedLayer> Collect(
+    Reader* reader, ResultDecoder* decoder,
+    const std::function<void(double, const std::string&)>& progress) {
   v1::JobEvent e;
   absl::Status bad;
   auto report = [&](const JobSnapshot& p) {
@@ -136,9 +147,9 @@ int RetryAfterMs(const grpc::ClientContext& ctx) {
 
 }  // namespace
 
-absl::StatusOr<QuantizedLayer> RemoteClient::QuantizeOnce(const RemoteLayer& l, const std::string& idempotency_key,
-                                                          const std::function<void(double, const std::string&)>& progress,
-                                                          int* retry_after_ms) {
+absl::StatusOr<QuantizedLayer> RemoteClient::QuantizeOnce(
+    const RemoteLayer& l, const std::string& idempotency_key,
+    const std::function<void(double, const std::string&)>& progress, int* retry_after_ms) {
   grpc::ClientContext ctx;
   Prepare(&ctx);
   auto stream = stub_->Quantize(&ctx);
@@ -172,7 +183,8 @@ absl::StatusOr<QuantizedLayer> RemoteClient::QuantizeOnce(const RemoteLayer& l, 
     sent += bytes;
     const auto now = std::chrono::steady_clock::now();
     if (progress && (sent == total || now - last_report > std::chrono::milliseconds(100))) {
-      progress(total > 0 ? static_cast<double>(sent) / static_cast<double>(total) : 1.0, "UPLOADING");
+      progress(total > 0 ? static_cast<double>(sent) / static_cast<double>(total) : 1.0,
+               "UPLOADING");
       last_report = now;
     }
   };
@@ -199,11 +211,12 @@ absl::StatusOr<QuantizedLayer> RemoteClient::QuantizeOnce(const RemoteLayer& l, 
   return res;
 }
 
-absl::StatusOr<QuantizedLayer> RemoteClient::WithRetries(const std::function<absl::StatusOr<QuantizedLayer>(int*)>& attempt,
-                                                         bool retry_aborted) {
+absl::StatusOr<QuantizedLayer> RemoteClient::WithRetries(
+    const std::function<absl::StatusOr<QuantizedLayer>(int*)>& attempt, bool retry_aborted) {
   thread_local std::mt19937 jitter(std::random_device{}());
   const auto start = std::chrono::steady_clock::now();
-  const auto budget = std::chrono::milliseconds(static_cast<int64_t>(options_.retry_seconds * 1000));
+  const auto budget =
+      std::chrono::milliseconds(static_cast<int64_t>(options_.retry_seconds * 1000));
   absl::Status last;
   int n = 0;
   for (;; ++n) {
@@ -211,33 +224,37 @@ absl::StatusOr<QuantizedLayer> RemoteClient::WithRetries(const std::function<abs
     auto r = attempt(&retry_after);
     if (r.ok() || !Retryable(r.status().code(), retry_aborted)) return r;
     last = r.status();
-    const auto backoff = std::chrono::milliseconds(std::max(retry_after, std::min(10000, 250 << std::min(n, 6))) +
-                                                   static_cast<int>(jitter() % 250));
+    const auto backoff =
+        std::chrono::milliseconds(std::max(retry_after, std::min(10000, 250 << std::min(n, 6))) +
+                                  static_cast<int>(jitter() % 250));
     const bool capped = options_.max_attempts > 0 && n + 1 >= options_.max_attempts;
     if (capped || std::chrono::steady_clock::now() + backoff - start > budget) break;
     std::this_thread::sleep_for(backoff);
   }
-  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return absl::Status(last.code(), absl::StrCat(last.message(), " (gave up after ", n + 1, " attempts in ",
-                                                static_cast<int>(waited), " s)"));
+  const double waited =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return absl::Status(last.code(), absl::StrCat(last.message(), " (gave up after ", n + 1,
+                                                " attempts in ", static_cast<int>(waited), " s)"));
 }
 
-absl::StatusOr<QuantizedLayer> RemoteClient::Quantize(const RemoteLayer& layer,
-                                                      const std::function<void(double, const std::string&)>& progress) {
+absl::StatusOr<QuantizedLayer> RemoteClient::Quantize(
+    const RemoteLayer& layer, const std::function<void(double, const std::string&)>& progress) {
   // The layer is used in place, never copied: a copy of its Eigen::Ref would point into the
   // original's private buffer when the weights were bound through a conversion.
   std::string key = layer.idempotency_key;
   if (key.empty()) {  // every retry resubmits under this key: a lost response is safe
     std::random_device rd;
-    key = absl::StrCat(layer.name, "/", absl::Hex(rd()), absl::Hex(rd()), absl::Hex(rd()), absl::Hex(rd()));
+    key = absl::StrCat(layer.name, "/", absl::Hex(rd()), absl::Hex(rd()), absl::Hex(rd()),
+                       absl::Hex(rd()));
   }
-  return WithRetries([&](int* retry_after) { return QuantizeOnce(layer, key, progress, retry_after); },
-                     /*retry_aborted=*/true);
+  return WithRetries(
+      [&](int* retry_after) { return QuantizeOnce(layer, key, progress, retry_after); },
+      /*retry_aborted=*/true);
 }
 
-absl::StatusOr<QuantizedLayer> RemoteClient::FetchOnce(const std::string& job_id,
-                                                       const std::function<void(double, const std::string&)>& progress,
-                                                       int* retry_after_ms) {
+absl::StatusOr<QuantizedLayer> RemoteClient::FetchOnce(
+    const std::string& job_id, const std::function<void(double, const std::string&)>& progress,
+    int* retry_after_ms) {
   grpc::ClientContext ctx;
   Prepare(&ctx);
   v1::WatchRequest req;
@@ -251,10 +268,11 @@ absl::StatusOr<QuantizedLayer> RemoteClient::FetchOnce(const std::string& job_id
   return res;
 }
 
-absl::StatusOr<QuantizedLayer> RemoteClient::Fetch(const std::string& job_id,
-                                                   const std::function<void(double, const std::string&)>& progress) {
+absl::StatusOr<QuantizedLayer> RemoteClient::Fetch(
+    const std::string& job_id, const std::function<void(double, const std::string&)>& progress) {
   // ABORTED here means the job was lost in a restart: resubmitting it is the caller's business.
-  return WithRetries([&](int* retry_after) { return FetchOnce(job_id, progress, retry_after); }, /*retry_aborted=*/false);
+  return WithRetries([&](int* retry_after) { return FetchOnce(job_id, progress, retry_after); },
+                     /*retry_aborted=*/false);
 }
 
 absl::StatusOr<JobState> RemoteClient::Cancel(const std::string& job_id) {

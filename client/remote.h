@@ -22,14 +22,14 @@
 namespace axeq {
 
 struct RemoteOptions {
-  std::string address;            // any gRPC target: host:port, ipv4:h1:p1,h2:p2, dns:///name:port
+  std::string address;  // any gRPC target: host:port, ipv4:h1:p1,h2:p2, dns:///name:port
   std::string load_balancing = "round_robin";  // gRPC LB policy over the target's addresses
   bool tls = false;
-  std::string tls_ca_file;        // PEM roots (default: system roots)
+  std::string tls_ca_file;                  // PEM roots (default: system roots)
   std::string tls_cert_file, tls_key_file;  // client certificate for mTLS
-  std::string tls_server_name;    // override the name checked against the certificate
-  std::string token;              // bearer token
-  double deadline_seconds = 3600; // per attempt of a layer
+  std::string tls_server_name;              // override the name checked against the certificate
+  std::string token;                        // bearer token
+  double deadline_seconds = 3600;           // per attempt of a layer
   // Retries of UNAVAILABLE / RESOURCE_EXHAUSTED / ABORTED: backoff from 250 ms doubling to 10 s
   // (+ jitter, at least the server's axeq-retry-after-ms) until retry_seconds have passed since
   // the first attempt; max_attempts > 0 also caps the attempts (1 = no retry).
@@ -62,25 +62,27 @@ class RemoteClient {
   static absl::StatusOr<std::unique_ptr<RemoteClient>> Connect(const RemoteOptions& options);
   // progress(fraction, state): "UPLOADING" with the fraction of bytes sent while the upload runs,
   // then the server's events (JOB_STATE_* names) with the fraction of the sweep.
-  absl::StatusOr<QuantizedLayer> Quantize(const RemoteLayer& layer,
-                                          const std::function<void(double, const std::string&)>& progress = {});
-  absl::StatusOr<QuantizedLayer> Fetch(const std::string& job_id,
-                                       const std::function<void(double, const std::string&)>& progress = {});
+  absl::StatusOr<QuantizedLayer> Quantize(
+      const RemoteLayer& layer,
+      const std::function<void(double, const std::string&)>& progress = {});
+  absl::StatusOr<QuantizedLayer> Fetch(
+      const std::string& job_id,
+      const std::function<void(double, const std::string&)>& progress = {});
   absl::StatusOr<JobState> Cancel(const std::string& job_id);
   absl::StatusOr<std::vector<v1::JobInfo>> List();
 
  private:
   explicit RemoteClient(const RemoteOptions& o) : options_(o) {}
   void Prepare(grpc::ClientContext* ctx) const;
-  absl::StatusOr<QuantizedLayer> QuantizeOnce(const RemoteLayer& layer, const std::string& idempotency_key,
-                                              const std::function<void(double, const std::string&)>& progress,
-                                              int* retry_after_ms);
-  absl::StatusOr<QuantizedLayer> FetchOnce(const std::string& job_id,
-                                           const std::function<void(double, const std::string&)>& progress,
-                                           int* retry_after_ms);
+  absl::StatusOr<QuantizedLayer> QuantizeOnce(
+      const RemoteLayer& layer, const std::string& idempotency_key,
+      const std::function<void(double, const std::string&)>& progress, int* retry_after_ms);
+  absl::StatusOr<QuantizedLayer> FetchOnce(
+      const std::string& job_id, const std::function<void(double, const std::string&)>& progress,
+      int* retry_after_ms);
   // Calls attempt until it succeeds, fails for good, or the retry budget is spent.
-  absl::StatusOr<QuantizedLayer> WithRetries(const std::function<absl::StatusOr<QuantizedLayer>(int*)>& attempt,
-                                             bool retry_aborted);
+  absl::StatusOr<QuantizedLayer> WithRetries(
+      const std::function<absl::StatusOr<QuantizedLayer>(int*)>& attempt, bool retry_aborted);
   RemoteOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Quantizer::Stub> stub_;

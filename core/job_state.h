@@ -11,7 +11,16 @@
 
 namespace axeq {
 
-enum class JobState { kUnknown, kReceiving, kQueued, kRunning, kCancelling, kSucceeded, kFailed, kCancelled };
+enum class JobState {
+  kUnknown,
+  kReceiving,
+  kQueued,
+  kRunning,
+  kCancelling,
+  kSucceeded,
+  kFailed,
+  kCancelled
+};
 
 // True for Succeeded, Failed and Cancelled: nothing follows.
 inline bool IsTerminal(JobState s) {
@@ -32,14 +41,22 @@ inline JobState TerminalState(const absl::Status& status) {
 // "RUNNING" for kRunning.
 inline const char* JobStateName(JobState s) {
   switch (s) {
-    case JobState::kReceiving: return "RECEIVING";
-    case JobState::kQueued: return "QUEUED";
-    case JobState::kRunning: return "RUNNING";
-    case JobState::kCancelling: return "CANCELLING";
-    case JobState::kSucceeded: return "SUCCEEDED";
-    case JobState::kFailed: return "FAILED";
-    case JobState::kCancelled: return "CANCELLED";
-    case JobState::kUnknown: break;
+    case JobState::kReceiving:
+      return "RECEIVING";
+    case JobState::kQueued:
+      return "QUEUED";
+    case JobState::kRunning:
+      return "RUNNING";
+    case JobState::kCancelling:
+      return "CANCELLING";
+    case JobState::kSucceeded:
+      return "SUCCEEDED";
+    case JobState::kFailed:
+      return "FAILED";
+    case JobState::kCancelled:
+      return "CANCELLED";
+    case JobState::kUnknown:
+      break;
   }
   return "UNKNOWN";
 }

@@ -6,7 +6,8 @@
 #include "formats/result_file.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  auto f = axeq::ParseSafetensors(absl::string_view(reinterpret_cast<const char*>(data), size), "fuzz");
+  auto f =
+      axeq::ParseSafetensors(absl::string_view(reinterpret_cast<const char*>(data), size), "fuzz");
   if (!f.ok()) return 0;
   auto entries = axeq::DecodeResultEntries(*f);
   if (!entries.ok()) return 0;

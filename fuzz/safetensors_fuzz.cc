@@ -6,11 +6,14 @@
 #include "formats/safetensors.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  auto f = axeq::ParseSafetensors(absl::string_view(reinterpret_cast<const char*>(data), size), "fuzz");
+  auto f =
+      axeq::ParseSafetensors(absl::string_view(reinterpret_cast<const char*>(data), size), "fuzz");
   if (!f.ok()) return 0;
   for (const auto& [name, t] : f->tensors) {
-    if (t.dtype == "I8") (void)axeq::TensorToCodes(t, name);
-    else (void)axeq::TensorToMatrix(t, name);
+    if (t.dtype == "I8")
+      (void)axeq::TensorToCodes(t, name);
+    else
+      (void)axeq::TensorToMatrix(t, name);
   }
   return 0;
 }

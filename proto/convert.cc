@@ -9,35 +9,68 @@ absl::StatusOr<LayerOptions> OptionsFromProto(const v1::QuantizationConfig& c) {
   LayerOptions o;
   switch (c.algorithm()) {
     case v1::ALGORITHM_UNSPECIFIED:
-    case v1::ALGORITHM_OPTQ: o.algorithm = Algorithm::kOptq; break;
-    case v1::ALGORITHM_GPFQ: o.algorithm = Algorithm::kGpfq; break;
-    default: return absl::InvalidArgumentError(absl::StrCat("config.algorithm: unknown value ", c.algorithm()));
+    case v1::ALGORITHM_OPTQ:
+      o.algorithm = Algorithm::kOptq;
+      break;
+    case v1::ALGORITHM_GPFQ:
+      o.algorithm = Algorithm::kGpfq;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("config.algorithm: unknown value ", c.algorithm()));
   }
   switch (c.method()) {
     case v1::METHOD_UNSPECIFIED:
-    case v1::METHOD_AXE: o.method = Method::kAxe; break;
-    case v1::METHOD_BASE: o.method = Method::kBase; break;
-    case v1::METHOD_EP_INIT: o.method = Method::kEpInit; break;
-    case v1::METHOD_NAIVE: o.method = Method::kNaive; break;
-    default: return absl::InvalidArgumentError(absl::StrCat("config.method: unknown value ", c.method()));
+    case v1::METHOD_AXE:
+      o.method = Method::kAxe;
+      break;
+    case v1::METHOD_BASE:
+      o.method = Method::kBase;
+      break;
+    case v1::METHOD_EP_INIT:
+      o.method = Method::kEpInit;
+      break;
+    case v1::METHOD_NAIVE:
+      o.method = Method::kNaive;
+      break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("config.method: unknown value ", c.method()));
   }
   switch (c.rounding()) {
     case v1::ROUNDING_UNSPECIFIED:
-    case v1::ROUNDING_NEAREST: o.rounding = Rounding::kNearest; break;
-    case v1::ROUNDING_TO_ZERO: o.rounding = Rounding::kToZero; break;
-    default: return absl::InvalidArgumentError(absl::StrCat("config.rounding: unknown value ", c.rounding()));
+    case v1::ROUNDING_NEAREST:
+      o.rounding = Rounding::kNearest;
+      break;
+    case v1::ROUNDING_TO_ZERO:
+      o.rounding = Rounding::kToZero;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("config.rounding: unknown value ", c.rounding()));
   }
   switch (c.optq_error()) {
     case v1::OPTQ_ERROR_FORM_UNSPECIFIED:
-    case v1::OPTQ_ERROR_FORM_ORIGINAL: o.optq_error = OptqErrorForm::kOriginal; break;
-    case v1::OPTQ_ERROR_FORM_CONSTRAINED: o.optq_error = OptqErrorForm::kConstrained; break;
-    default: return absl::InvalidArgumentError(absl::StrCat("config.optq_error: unknown value ", c.optq_error()));
+    case v1::OPTQ_ERROR_FORM_ORIGINAL:
+      o.optq_error = OptqErrorForm::kOriginal;
+      break;
+    case v1::OPTQ_ERROR_FORM_CONSTRAINED:
+      o.optq_error = OptqErrorForm::kConstrained;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("config.optq_error: unknown value ", c.optq_error()));
   }
   switch (c.precision()) {
     case v1::PRECISION_UNSPECIFIED:
-    case v1::PRECISION_FLOAT32: o.precision = Precision::kFloat32; break;
-    case v1::PRECISION_FLOAT64: o.precision = Precision::kFloat64; break;
-    default: return absl::InvalidArgumentError(absl::StrCat("config.precision: unknown value ", c.precision()));
+    case v1::PRECISION_FLOAT32:
+      o.precision = Precision::kFloat32;
+      break;
+    case v1::PRECISION_FLOAT64:
+      o.precision = Precision::kFloat64;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("config.precision: unknown value ", c.precision()));
   }
   if (c.weight_bits()) o.weights.bits = c.weight_bits();
   o.weights.alphabet = c.full_alphabet() ? WeightAlphabet::kFull : WeightAlphabet::kNarrow;
@@ -53,7 +86,8 @@ absl::StatusOr<LayerOptions> OptionsFromProto(const v1::QuantizationConfig& c) {
   if (c.block_size()) o.block_size = c.block_size();
   o.bias_correction = !c.no_bias_correction();
   o.quality_report = !c.no_quality_report();
-  if (auto s = o.Validate(); !s.ok()) return absl::InvalidArgumentError(absl::StrCat("config: ", s.message()));
+  if (auto s = o.Validate(); !s.ok())
+    return absl::InvalidArgumentError(absl::StrCat("config: ", s.message()));
   return o;
 }
 
@@ -61,10 +95,18 @@ v1::QuantizationConfig OptionsToProto(const LayerOptions& o) {
   v1::QuantizationConfig c;
   c.set_algorithm(o.algorithm == Algorithm::kOptq ? v1::ALGORITHM_OPTQ : v1::ALGORITHM_GPFQ);
   switch (o.method) {
-    case Method::kBase: c.set_method(v1::METHOD_BASE); break;
-    case Method::kAxe: c.set_method(v1::METHOD_AXE); break;
-    case Method::kEpInit: c.set_method(v1::METHOD_EP_INIT); break;
-    case Method::kNaive: c.set_method(v1::METHOD_NAIVE); break;
+    case Method::kBase:
+      c.set_method(v1::METHOD_BASE);
+      break;
+    case Method::kAxe:
+      c.set_method(v1::METHOD_AXE);
+      break;
+    case Method::kEpInit:
+      c.set_method(v1::METHOD_EP_INIT);
+      break;
+    case Method::kNaive:
+      c.set_method(v1::METHOD_NAIVE);
+      break;
   }
   c.set_weight_bits(o.weights.bits);
   c.set_full_alphabet(o.weights.alphabet == WeightAlphabet::kFull);
@@ -81,7 +123,8 @@ v1::QuantizationConfig OptionsToProto(const LayerOptions& o) {
   c.set_block_size(o.block_size);
   c.set_optq_error(o.optq_error == OptqErrorForm::kOriginal ? v1::OPTQ_ERROR_FORM_ORIGINAL
                                                             : v1::OPTQ_ERROR_FORM_CONSTRAINED);
-  c.set_precision(o.precision == Precision::kFloat32 ? v1::PRECISION_FLOAT32 : v1::PRECISION_FLOAT64);
+  c.set_precision(o.precision == Precision::kFloat32 ? v1::PRECISION_FLOAT32
+                                                     : v1::PRECISION_FLOAT64);
   c.set_no_bias_correction(!o.bias_correction);
   c.set_no_quality_report(!o.quality_report);
   return c;
@@ -94,12 +137,15 @@ absl::StatusOr<ActivationQuantizer> ActivationsFromProto(const v1::ActivationQua
   q.scale = a.scale();
   q.zero_point = a.zero_point();
   if (q.spec.bits < 2 || q.spec.bits > 16)
-    return absl::InvalidArgumentError(absl::StrCat("activations.bits must be in [2, 16], got ", a.bits()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("activations.bits must be in [2, 16], got ", a.bits()));
   if (!(q.scale > 0) || !std::isfinite(q.scale))
-    return absl::InvalidArgumentError(absl::StrCat("activations.scale must be a positive finite number, got ", a.scale()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("activations.scale must be a positive finite number, got ", a.scale()));
   if (q.zero_point < q.spec.min_code() || q.zero_point > q.spec.max_code())
-    return absl::InvalidArgumentError(absl::StrCat("activations.zero_point ", a.zero_point(), " is outside [",
-                                                   q.spec.min_code(), ", ", q.spec.max_code(), "]"));
+    return absl::InvalidArgumentError(absl::StrCat("activations.zero_point ", a.zero_point(),
+                                                   " is outside [", q.spec.min_code(), ", ",
+                                                   q.spec.max_code(), "]"));
   return q;
 }
 
@@ -150,11 +196,14 @@ absl::StatusOr<Certificate> CertificateFromProto(const v1::Certificate& p) {
   c.weight_bits = p.weight_bits();
   c.input.bits = p.input_bits();
   c.input.is_signed = p.inputs_signed();
-  if (c.input.bits < 2 || c.input.bits > 16 || p.input_min() != c.input_min() || p.input_max() != c.input_max())
-    return absl::DataLossError(absl::StrCat("certificate input range [", p.input_min(), ", ", p.input_max(),
-                                            "] is not that of ", c.input.bits, "-bit codes"));
+  if (c.input.bits < 2 || c.input.bits > 16 || p.input_min() != c.input_min() ||
+      p.input_max() != c.input_max())
+    return absl::DataLossError(absl::StrCat("certificate input range [", p.input_min(), ", ",
+                                            p.input_max(), "] is not that of ", c.input.bits,
+                                            "-bit codes"));
   if (p.tile_size() < 1 || p.tile_size() > p.inputs() || p.tile_size() > INT32_MAX)
-    return absl::DataLossError(absl::StrCat("certificate tile_size ", p.tile_size(), " is outside [1, ", p.inputs(), "]"));
+    return absl::DataLossError(
+        absl::StrCat("certificate tile_size ", p.tile_size(), " is outside [1, ", p.inputs(), "]"));
   c.accumulator.bits = p.accumulator_bits();
   c.accumulator.tile_size = static_cast<int>(p.tile_size());
   c.accumulator.twos_complement = p.twos_complement();

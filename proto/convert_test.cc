@@ -2,7 +2,6 @@
 #include "proto/convert.h"
 
 #include "core/verify.h"
-
 #include "gtest/gtest.h"
 
 namespace axeq {
@@ -60,8 +59,10 @@ TEST(Convert, ChunkRangesCoverAndAlign) {
 }
 
 TEST(Convert, StatusCodesMap) {
-  EXPECT_EQ(ToGrpc(absl::ResourceExhaustedError("x")).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_EQ(FromGrpc(grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "y")).code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(ToGrpc(absl::ResourceExhaustedError("x")).error_code(),
+            grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(FromGrpc(grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "y")).code(),
+            absl::StatusCode::kPermissionDenied);
 }
 
 TEST(Upload, HeaderRoundTripAndTensorList) {
@@ -80,7 +81,8 @@ TEST(Upload, HeaderRoundTripAndTensorList) {
   EXPECT_EQ(EncodeHeader(*back).SerializeAsString(), EncodeHeader(p).SerializeAsString());
   std::vector<std::string> names;
   for (const auto& t : back->tensors) names.push_back(t.name());
-  EXPECT_EQ(names, (std::vector<std::string>{"GRAM", "WEIGHT", "BIAS", "CROSS", "XX", "MEAN_X", "MEAN_XQ"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"GRAM", "WEIGHT", "BIAS", "CROSS", "XX", "MEAN_X",
+                                             "MEAN_XQ"}));
   EXPECT_TRUE(back->Find(v1::TENSOR_KIND_CROSS)->optional);  // OPTQ reads it only for the report
   EXPECT_EQ(back->Find(v1::TENSOR_KIND_WEIGHT)->bytes(), 4 * 15);
   EXPECT_EQ(back->TensorBytes(), 4 * (25 + 15 + 3 + 25 + 25 + 5 + 5));
@@ -150,10 +152,12 @@ TEST(Result, EncodeDecodeRoundTrip) {
   const QuantizedLayer l = SmallLayer();
   ResultDecoder d;
   std::vector<JobState> states;
-  ASSERT_TRUE(d.Add(ProgressEvent("j1", JobSnapshot{JobState::kRunning}), [&](const JobSnapshot& p) {
-                 states.push_back(p.state);
-               }).ok());
-  ASSERT_TRUE(EmitResultChunks("j1", l.codes, l.scales, &*l.bias, [&](const v1::JobEvent& e) { return d.Add(e).ok(); }));
+  ASSERT_TRUE(
+      d.Add(ProgressEvent("j1", JobSnapshot{JobState::kRunning}), [&](const JobSnapshot& p) {
+         states.push_back(p.state);
+       }).ok());
+  ASSERT_TRUE(EmitResultChunks("j1", l.codes, l.scales, &*l.bias,
+                               [&](const v1::JobEvent& e) { return d.Add(e).ok(); }));
   ASSERT_TRUE(d.Add(FinishedEvent("j1", EncodeFinished(l))).ok());
   auto back = d.Finish();
   ASSERT_TRUE(back.ok()) << back.status();
@@ -194,12 +198,14 @@ TEST(Result, FailuresKeepTheirCodeAndState) {
   EXPECT_TRUE(IsTerminal(DecodeState(v1::JOB_STATE_CANCELLED)));
   EXPECT_FALSE(IsTerminal(DecodeState(v1::JOB_STATE_CANCELLING)));
   EXPECT_EQ(JobStateName(JobState::kRunning), std::string("RUNNING"));
-  EXPECT_EQ(FinishedStatus(EncodeOutcome(absl::OkStatus(), nullptr)).code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(FinishedStatus(EncodeOutcome(absl::OkStatus(), nullptr)).code(),
+            absl::StatusCode::kInternal);
 }
 
 TEST(Result, JobStatesAndProgressRoundTrip) {
-  for (JobState s : {JobState::kReceiving, JobState::kQueued, JobState::kRunning, JobState::kCancelling,
-                     JobState::kSucceeded, JobState::kFailed, JobState::kCancelled}) {
+  for (JobState s :
+       {JobState::kReceiving, JobState::kQueued, JobState::kRunning, JobState::kCancelling,
+        JobState::kSucceeded, JobState::kFailed, JobState::kCancelled}) {
     EXPECT_NE(EncodeState(s), v1::JOB_STATE_UNSPECIFIED) << JobStateName(s);
     EXPECT_EQ(DecodeState(EncodeState(s)), s) << JobStateName(s);
     EXPECT_EQ(WireStateName(s), std::string("JOB_STATE_") + JobStateName(s));

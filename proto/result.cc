@@ -12,9 +12,12 @@ namespace axeq {
 namespace {
 
 constexpr std::pair<JobState, v1::JobState> kStates[] = {
-    {JobState::kReceiving, v1::JOB_STATE_RECEIVING}, {JobState::kQueued, v1::JOB_STATE_QUEUED},
-    {JobState::kRunning, v1::JOB_STATE_RUNNING},     {JobState::kCancelling, v1::JOB_STATE_CANCELLING},
-    {JobState::kSucceeded, v1::JOB_STATE_SUCCEEDED}, {JobState::kFailed, v1::JOB_STATE_FAILED},
+    {JobState::kReceiving, v1::JOB_STATE_RECEIVING},
+    {JobState::kQueued, v1::JOB_STATE_QUEUED},
+    {JobState::kRunning, v1::JOB_STATE_RUNNING},
+    {JobState::kCancelling, v1::JOB_STATE_CANCELLING},
+    {JobState::kSucceeded, v1::JOB_STATE_SUCCEEDED},
+    {JobState::kFailed, v1::JOB_STATE_FAILED},
     {JobState::kCancelled, v1::JOB_STATE_CANCELLED}};
 
 }  // namespace
@@ -70,13 +73,17 @@ v1::Finished EncodeFailure(const absl::Status& s) {
 }
 
 v1::Finished EncodeOutcome(const absl::Status& status, const QuantizedLayer* result) {
-  return status.ok() && result ? EncodeFinished(*result) : EncodeFailure(status.ok() ? absl::InternalError("no result") : status);
+  return status.ok() && result
+             ? EncodeFinished(*result)
+             : EncodeFailure(status.ok() ? absl::InternalError("no result") : status);
 }
 
 absl::Status FinishedStatus(const v1::Finished& f) {
   if (f.state() == v1::JOB_STATE_SUCCEEDED) return absl::OkStatus();
-  const auto code = f.code() == 0 ? absl::StatusCode::kUnknown : static_cast<absl::StatusCode>(f.code());
-  return absl::Status(code, f.message().empty() ? JobStateName(DecodeState(f.state())) : f.message());
+  const auto code =
+      f.code() == 0 ? absl::StatusCode::kUnknown : static_cast<absl::StatusCode>(f.code());
+  return absl::Status(code,
+                      f.message().empty() ? JobStateName(DecodeState(f.state())) : f.message());
 }
 
 v1::JobEvent ProgressEvent(const std::string& job_id, const JobSnapshot& progress) {
@@ -94,7 +101,8 @@ v1::JobEvent FinishedEvent(const std::string& job_id, const v1::Finished& finish
 }
 
 bool EmitResultChunks(const std::string& job_id, const MatrixXi8& codes, const MatrixXf& scales,
-                      const Eigen::VectorXf* bias, const std::function<bool(const v1::JobEvent&)>& emit) {
+                      const Eigen::VectorXf* bias,
+                      const std::function<bool(const v1::JobEvent&)>& emit) {
   auto send = [&](v1::ResultPart part, const void* data, int64_t bytes, int64_t align) {
     v1::JobEvent e;
     e.set_job_id(job_id);
@@ -112,7 +120,8 @@ bool EmitResultChunks(const std::string& job_id, const MatrixXi8& codes, const M
          (!bias || send(v1::RESULT_PART_BIAS, bias->data(), bias->size() * 4, 4));
 }
 
-absl::Status ResultDecoder::Add(const v1::JobEvent& e, const std::function<void(const JobSnapshot&)>& progress) {
+absl::Status ResultDecoder::Add(const v1::JobEvent& e,
+                                const std::function<void(const JobSnapshot&)>& progress) {
   if (!e.job_id().empty()) job_id_ = e.job_id();
   if (e.has_progress()) {
     if (progress) progress(DecodeProgress(e.progress()));
@@ -124,7 +133,8 @@ absl::Status ResultDecoder::Add(const v1::JobEvent& e, const std::function<void(
                                                             : nullptr;
     if (!buf) return absl::DataLossError(absl::StrCat("result chunk of unknown part ", r.part()));
     if (r.offset() != static_cast<int64_t>(buf->size()))
-      return absl::DataLossError(absl::StrCat("result chunk of ", v1::ResultPart_Name(r.part()), " at byte ", r.offset(),
+      return absl::DataLossError(absl::StrCat("result chunk of ", v1::ResultPart_Name(r.part()),
+                                              " at byte ", r.offset(),
                                               " arrived out of order (have ", buf->size(), ")"));
     buf->append(r.data());
   } else if (e.has_finished()) {
@@ -135,19 +145,23 @@ absl::Status ResultDecoder::Add(const v1::JobEvent& e, const std::function<void(
 }
 
 absl::StatusOr<QuantizedLayer> ResultDecoder::Finish() const {
-  if (!has_finished_) return absl::DataLossError("the server ended the stream without a summary (Finished)");
+  if (!has_finished_)
+    return absl::DataLossError("the server ended the stream without a summary (Finished)");
   const v1::Finished& f = finished_;
   if (absl::Status s = FinishedStatus(f); !s.ok()) return s;
   const int64_t c = f.output_channels(), k = f.inputs(), g = f.scale_groups();
   if (c < 1 || k < 1 || g < 1 || c > kMaxOutputChannels || k > kMaxInputs || g > k ||
       g != NumGroups(k, f.group_size()))
-    return absl::DataLossError(absl::StrCat("result shape [", c, ", ", k, "] with ", g, " scale groups of ",
-                                            f.group_size(), " is not consistent"));
-  if (static_cast<int64_t>(codes_.size()) != c * k || static_cast<int64_t>(scales_.size()) != c * g * 4 ||
+    return absl::DataLossError(absl::StrCat("result shape [", c, ", ", k, "] with ", g,
+                                            " scale groups of ", f.group_size(),
+                                            " is not consistent"));
+  if (static_cast<int64_t>(codes_.size()) != c * k ||
+      static_cast<int64_t>(scales_.size()) != c * g * 4 ||
       static_cast<int64_t>(bias_.size()) != (f.has_bias() ? c * 4 : 0))
-    return absl::DataLossError(absl::StrCat("incomplete result: ", codes_.size(), " code bytes, ", scales_.size(),
-                                            " scale bytes, ", bias_.size(), " bias bytes for [", c, ", ", k, "] with ",
-                                            g, " groups", f.has_bias() ? " and a bias" : ""));
+    return absl::DataLossError(absl::StrCat("incomplete result: ", codes_.size(), " code bytes, ",
+                                            scales_.size(), " scale bytes, ", bias_.size(),
+                                            " bias bytes for [", c, ", ", k, "] with ", g,
+                                            " groups", f.has_bias() ? " and a bias" : ""));
   QuantizedLayer l;
   l.name = f.layer_name();
   l.codes.resize(c, k);
@@ -160,14 +174,16 @@ absl::StatusOr<QuantizedLayer> ResultDecoder::Finish() const {
     std::memcpy(l.bias->data(), bias_.data(), bias_.size());
   }
   auto act = ActivationsFromProto(f.activations());
-  if (!act.ok()) return absl::DataLossError(absl::StrCat("result activations: ", act.status().message()));
+  if (!act.ok())
+    return absl::DataLossError(absl::StrCat("result activations: ", act.status().message()));
   l.activations = *act;
   auto cert = CertificateFromProto(f.certificate());
   if (!cert.ok()) return cert.status();
   l.certificate = std::move(cert).value();
   if (l.certificate.output_channels != c || l.certificate.inputs != k)
-    return absl::DataLossError(absl::StrCat("certificate is for [", l.certificate.output_channels, ", ",
-                                            l.certificate.inputs, "], the result is [", c, ", ", k, "]"));
+    return absl::DataLossError(absl::StrCat("certificate is for [", l.certificate.output_channels,
+                                            ", ", l.certificate.inputs, "], the result is [", c,
+                                            ", ", k, "]"));
   ReportFromProto(f.report(), &l);
   l.run.job_id = job_id_;
   return l;

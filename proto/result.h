@@ -43,14 +43,16 @@ v1::JobEvent FinishedEvent(const std::string& job_id, const v1::Finished& finish
 // [C,groups]) and bias (float32 [C], if any), in that order, in chunks of at most kChunkBytes.
 // Stops and returns false as soon as emit does.
 bool EmitResultChunks(const std::string& job_id, const MatrixXi8& codes, const MatrixXf& scales,
-                      const Eigen::VectorXf* bias, const std::function<bool(const v1::JobEvent&)>& emit);
+                      const Eigen::VectorXf* bias,
+                      const std::function<bool(const v1::JobEvent&)>& emit);
 
 // Rebuilds a QuantizedLayer from the events of Quantize or Watch{include_result}.
 class ResultDecoder {
  public:
   // Takes one event: remembers the job id, reports progress through `progress` if set, appends
   // result chunks (DATA_LOSS when out of order or of unknown part).
-  absl::Status Add(const v1::JobEvent& event, const std::function<void(const JobSnapshot&)>& progress = {});
+  absl::Status Add(const v1::JobEvent& event,
+                   const std::function<void(const JobSnapshot&)>& progress = {});
   bool finished() const { return has_finished_; }
   // A summary arrived and says SUCCEEDED (the result may still be incomplete).
   bool succeeded() const { return has_finished_ && finished_.state() == v1::JOB_STATE_SUCCEEDED; }

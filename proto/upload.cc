@@ -78,9 +78,11 @@ absl::StatusOr<UploadPlan> DecodeHeader(const v1::LayerHeader& h) {
   p.output_channels = h.output_channels();
   p.inputs = h.inputs();
   if (p.output_channels < 1 || p.output_channels > kMaxOutputChannels)
-    return absl::InvalidArgumentError(absl::StrCat("header.output_channels must be in [1, 2^20], got ", p.output_channels));
+    return absl::InvalidArgumentError(
+        absl::StrCat("header.output_channels must be in [1, 2^20], got ", p.output_channels));
   if (p.inputs < 1 || p.inputs > kMaxInputs)
-    return absl::InvalidArgumentError(absl::StrCat("header.inputs must be in [1, 2^17], got ", p.inputs));
+    return absl::InvalidArgumentError(
+        absl::StrCat("header.inputs must be in [1, 2^17], got ", p.inputs));
   AXEQ_ASSIGN_OR_RETURN(p.options, OptionsFromProto(h.config()));
   auto act = ActivationsFromProto(h.activations());
   if (!act.ok()) return absl::InvalidArgumentError(absl::StrCat("header.", act.status().message()));
@@ -88,14 +90,16 @@ absl::StatusOr<UploadPlan> DecodeHeader(const v1::LayerHeader& h) {
   const InputSpec& a = p.activations.spec;
   const InputSpec& o = p.options.inputs;
   if (a.bits != o.bits || a.is_signed != o.is_signed)
-    return absl::InvalidArgumentError(absl::StrCat(
-        "header.activations (", a.bits, "-bit ", a.is_signed ? "signed" : "unsigned",
-        ") disagree with config input_bits/signed_inputs (", o.bits, "-bit ", o.is_signed ? "signed" : "unsigned", ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("header.activations (", a.bits, "-bit ", a.is_signed ? "signed" : "unsigned",
+                     ") disagree with config input_bits/signed_inputs (", o.bits, "-bit ",
+                     o.is_signed ? "signed" : "unsigned", ")"));
   p.rows = h.calibration() == v1::CALIBRATION_KIND_ROWS;
   if (!p.rows && h.calibration() != v1::CALIBRATION_KIND_STATISTICS)
     return absl::InvalidArgumentError("header.calibration must be ROWS or STATISTICS");
   if (!p.rows && h.samples() < 1)
-    return absl::InvalidArgumentError(absl::StrCat("header.samples must be >= 1 with STATISTICS, got ", h.samples()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("header.samples must be >= 1 with STATISTICS, got ", h.samples()));
   p.has_bias = h.has_bias();
   if (!p.rows) {
     p.samples = h.samples();
@@ -114,19 +118,23 @@ v1::UploadRequest HeaderMessage(const UploadPlan& plan) {
   return r;
 }
 
-void SetTensorChunk(v1::TensorKind kind, int64_t offset, const void* data, int64_t bytes, v1::UploadRequest* out) {
+void SetTensorChunk(v1::TensorKind kind, int64_t offset, const void* data, int64_t bytes,
+                    v1::UploadRequest* out) {
   v1::TensorChunk* t = out->mutable_tensor();
   t->set_tensor(kind);
   t->set_offset(offset);
   t->set_data(static_cast<const char*>(data), bytes);
 }
 
-void SetRowsChunk(int64_t row_offset, int64_t n, int64_t k, const float* x, const float* xq, v1::UploadRequest* out) {
+void SetRowsChunk(int64_t row_offset, int64_t n, int64_t k, const float* x, const float* xq,
+                  v1::UploadRequest* out) {
   v1::RowsChunk* r = out->mutable_rows();
   r->set_row_offset(row_offset);
   r->set_inputs(reinterpret_cast<const char*>(x + row_offset * k), n * k * 4);
-  if (xq) r->set_quant_inputs(reinterpret_cast<const char*>(xq + row_offset * k), n * k * 4);
-  else r->clear_quant_inputs();
+  if (xq)
+    r->set_quant_inputs(reinterpret_cast<const char*>(xq + row_offset * k), n * k * 4);
+  else
+    r->clear_quant_inputs();
 }
 
 v1::UploadRequest CommitMessage(int64_t chunks) {

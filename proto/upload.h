@@ -30,7 +30,8 @@ inline constexpr int64_t kMaxOutputChannels = int64_t{1} << 20;
 inline constexpr int64_t kMaxInputs = int64_t{1} << 17;
 inline constexpr size_t kMaxLayerName = 512;
 
-// Returns [begin, end) byte ranges of at most `chunk` bytes covering [0, total), aligned to `align`.
+// Returns [begin, end) byte ranges of at most `chunk` bytes covering [0, total), aligned to
+// `align`.
 std::vector<std::pair<int64_t, int64_t>> ChunkRanges(int64_t total, int64_t chunk, int64_t align);
 
 // One float32 tensor of an upload, row-major [rows, cols].
@@ -55,7 +56,7 @@ struct UploadPlan {
   int64_t output_channels = 0, inputs = 0;  // C, K
   LayerOptions options;
   ActivationQuantizer activations;
-  bool rows = false;  // ROWS calibration, else STATISTICS
+  bool rows = false;    // ROWS calibration, else STATISTICS
   int64_t samples = 0;  // STATISTICS: the D the statistics were normalised by
   bool has_bias = false, has_xx = false, has_means = false;
   std::string idempotency_key;

@@ -1,11 +1,11 @@
 // Bearer-token authentication.
 #include "server/auth.h"
 
-#include <fstream>
-#include <sstream>
-
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
+
+#include <fstream>
+#include <sstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -25,7 +25,8 @@ absl::StatusOr<Authenticator> Authenticator::FromFile(const std::string& path) {
     std::istringstream ss(line);
     std::string token, principal;
     if (!(ss >> token >> principal) || token.size() < 16)
-      return absl::InvalidArgumentError(absl::StrCat(path, ":", n, ": expected '<token of >= 16 chars> <principal>'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ":", n, ": expected '<token of >= 16 chars> <principal>'"));
     Entry e{token, principal, {}};
     SHA256(reinterpret_cast<const unsigned char*>(token.data()), token.size(), e.digest);
     a.entries_.push_back(std::move(e));
@@ -39,9 +40,11 @@ absl::StatusOr<std::string> Authenticator::Authenticate(const grpc::ServerContex
   if (!enabled_) return std::string("anonymous");
   const auto& md = ctx.client_metadata();
   auto it = md.find("authorization");
-  if (it == md.end()) return absl::UnauthenticatedError("missing 'authorization: Bearer <token>' metadata");
+  if (it == md.end())
+    return absl::UnauthenticatedError("missing 'authorization: Bearer <token>' metadata");
   const std::string value(it->second.data(), it->second.size());
-  if (!absl::StartsWith(value, "Bearer ")) return absl::UnauthenticatedError("authorization metadata must be 'Bearer <token>'");
+  if (!absl::StartsWith(value, "Bearer "))
+    return absl::UnauthenticatedError("authorization metadata must be 'Bearer <token>'");
   return PrincipalOf(value.substr(7));
 }
 

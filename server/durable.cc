@@ -31,13 +31,17 @@ std::string Get(const std::map<std::string, std::string>& m, const char* key) {
 }  // namespace
 
 int64_t UnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
 }
 
 absl::StatusOr<std::unique_ptr<DurableResults>> DurableResults::Open(const std::string& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);
-  if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create results dir ", dir, ": ", ec.message()));
+  if (ec)
+    return absl::PermissionDeniedError(
+        absl::StrCat("cannot create results dir ", dir, ": ", ec.message()));
   std::unique_ptr<DurableResults> d(new DurableResults(dir));
   ++g_directory_scans;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
@@ -109,11 +113,13 @@ absl::Status DurableResults::Write(const DurableEntry& meta, const QuantizedLaye
 
 absl::StatusOr<QuantizedLayer> DurableResults::Load(const std::string& id) const {
   auto entry = Find(id);
-  if (!entry) return absl::DataLossError(absl::StrCat("the result of job ", id, " is no longer on disk"));
+  if (!entry)
+    return absl::DataLossError(absl::StrCat("the result of job ", id, " is no longer on disk"));
   auto layers = ReadResultFile(entry->path);
   if (!layers.ok() || layers->size() != 1)
-    return absl::DataLossError(absl::StrCat("the result of job ", id, " is unreadable: ",
-                                            layers.ok() ? "not one layer" : std::string(layers.status().message())));
+    return absl::DataLossError(
+        absl::StrCat("the result of job ", id, " is unreadable: ",
+                     layers.ok() ? "not one layer" : std::string(layers.status().message())));
   QuantizedLayer l = std::move((*layers)[0]);
   l.run.job_id = id;
   return l;
@@ -126,7 +132,8 @@ std::optional<DurableEntry> DurableResults::Find(const std::string& id) const {
   return it->second;
 }
 
-std::optional<std::string> DurableResults::FindKey(const std::string& principal, const std::string& key) const {
+std::optional<std::string> DurableResults::FindKey(const std::string& principal,
+                                                   const std::string& key) const {
   std::lock_guard<std::mutex> l(mu_);
   auto it = by_key_.find({principal, key});
   if (it == by_key_.end()) return std::nullopt;

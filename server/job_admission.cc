@@ -13,24 +13,32 @@ int64_t MiB(int64_t b) { return (b + (1 << 20) - 1) >> 20; }
 
 absl::StatusOr<std::shared_ptr<Job>> JobManager::Admit(const AdmitRequest& req) {
   if (req.layer_name.size() > kMaxLayerNameBytes)
-    return absl::InvalidArgumentError(absl::StrCat("layer name has ", req.layer_name.size(), " bytes, limit ", kMaxLayerNameBytes));
+    return absl::InvalidArgumentError(absl::StrCat("layer name has ", req.layer_name.size(),
+                                                   " bytes, limit ", kMaxLayerNameBytes));
   if (req.idempotency_key.size() > kMaxIdempotencyKeyBytes)  // Deduplicate checks it too
-    return absl::InvalidArgumentError(absl::StrCat("idempotency key has ", req.idempotency_key.size(), " bytes, limit ", kMaxIdempotencyKeyBytes));
+    return absl::InvalidArgumentError(absl::StrCat("idempotency key has ",
+                                                   req.idempotency_key.size(), " bytes, limit ",
+                                                   kMaxIdempotencyKeyBytes));
   const int64_t budget = options_.memory_budget_bytes;
   if (req.bytes < 0 || req.bytes > budget)
-    return absl::FailedPreconditionError(absl::StrCat(
-        "layer needs ", req.bytes < 0 ? std::string("more than 2^63 bytes") : absl::StrCat("~", MiB(req.bytes), " MiB"),
-        " at its peak, more than this server's whole memory budget of ", MiB(budget), " MiB: it can never run here"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("layer needs ",
+                     req.bytes < 0 ? std::string("more than 2^63 bytes")
+                                   : absl::StrCat("~", MiB(req.bytes), " MiB"),
+                     " at its peak, more than this server's whole memory budget of ", MiB(budget),
+                     " MiB: it can never run here"));
   auto job = std::make_shared<Job>();
   {
     std::lock_guard<std::mutex> l(mu_);
     if (draining_) return absl::UnavailableError("server is draining; retry on another replica");
     const size_t waiting = uploads_.size() + queue_.size();
     if (waiting >= static_cast<size_t>(options_.max_queue))
-      return absl::ResourceExhaustedError(absl::StrCat("queue is full: ", uploads_.size(), " uploads receiving + ", queue_.size(),
-                                                       " jobs waiting, limit ", options_.max_queue));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("queue is full: ", uploads_.size(), " uploads receiving + ", queue_.size(),
+                       " jobs waiting, limit ", options_.max_queue));
     if (reserved_ + req.bytes > budget)
-      return absl::ResourceExhaustedError(absl::StrCat("memory budget in use: ", MiB(reserved_), " MiB reserved + ~", MiB(req.bytes),
+      return absl::ResourceExhaustedError(absl::StrCat("memory budget in use: ", MiB(reserved_),
+                                                       " MiB reserved + ~", MiB(req.bytes),
                                                        " MiB needed > ", MiB(budget), " MiB"));
     job->principal = req.principal;
     job->layer_name = req.layer_name;
@@ -58,7 +66,8 @@ absl::StatusOr<std::shared_ptr<Job>> JobManager::Admit(const AdmitRequest& req) 
   return job;
 }
 
-absl::StatusOr<std::shared_ptr<Job>> JobManager::Deduplicate(const std::shared_ptr<Job>& job, const std::string& key,
+absl::StatusOr<std::shared_ptr<Job>> JobManager::Deduplicate(const std::shared_ptr<Job>& job,
+                                                             const std::string& key,
                                                              const std::string& digest) {
   std::optional<DurableEntry> on_disk;
   if (!key.empty() && durable_)
@@ -70,7 +79,8 @@ absl::StatusOr<std::shared_ptr<Job>> JobManager::Deduplicate(const std::shared_p
     job->content_digest = digest;
     if (key.empty()) return job;
     if (key.size() > kMaxIdempotencyKeyBytes)
-      return absl::InvalidArgumentError(absl::StrCat("idempotency key has ", key.size(), " bytes, limit ", kMaxIdempotencyKeyBytes));
+      return absl::InvalidArgumentError(absl::StrCat("idempotency key has ", key.size(),
+                                                     " bytes, limit ", kMaxIdempotencyKeyBytes));
     auto it = by_key_.find({job->principal, key});
     if (it != by_key_.end() && jobs_.count(it->second) && jobs_[it->second] != job) {
       old = jobs_[it->second];
@@ -84,7 +94,8 @@ absl::StatusOr<std::shared_ptr<Job>> JobManager::Deduplicate(const std::shared_p
       old_digest = on_disk->content_digest;
     }
     if (!old_id.empty() && old_digest != digest)
-      return absl::AlreadyExistsError(absl::StrCat("idempotency key '", key, "' was used for different content (job ", old_id, ")"));
+      return absl::AlreadyExistsError(absl::StrCat(
+          "idempotency key '", key, "' was used for different content (job ", old_id, ")"));
     if (old_id.empty()) {  // the key is free (or its job failed): this upload becomes the job
       job->idempotency_key = key;
       by_key_[{job->principal, key}] = job->id;
@@ -120,8 +131,10 @@ void JobManager::ExpireUploads(int64_t now) {
     if (now - job->last_activity_ms > options_.upload_idle_timeout.count()) idle.push_back(job);
   for (auto& job : idle) {
     if (job->abort_upload) job->abort_upload();  // ends the call, which frees its buffers
-    FailLocked(job, absl::DeadlineExceededError(absl::StrCat("upload idle for more than ", options_.upload_idle_timeout.count() / 1000.0,
-                                                              " s; its reservation of ", job->reserved_bytes >> 20, " MiB was released")));
+    FailLocked(job,
+               absl::DeadlineExceededError(absl::StrCat(
+                   "upload idle for more than ", options_.upload_idle_timeout.count() / 1000.0,
+                   " s; its reservation of ", job->reserved_bytes >> 20, " MiB was released")));
   }
 }
 

@@ -10,32 +10,40 @@
 
 namespace axeq::server {
 
-absl::StatusOr<std::shared_ptr<Job>> JobManager::Get(const std::string& principal, const std::string& id) {
+absl::StatusOr<std::shared_ptr<Job>> JobManager::Get(const std::string& principal,
+                                                     const std::string& id) {
   if (id.empty() || id.size() > kMaxJobIdBytes)
-    return absl::InvalidArgumentError(absl::StrCat("job id must have 1..", kMaxJobIdBytes, " bytes, got ", id.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("job id must have 1..", kMaxJobIdBytes, " bytes, got ", id.size()));
   {
     std::lock_guard<std::mutex> l(mu_);
     auto it = jobs_.find(id);
     if (it != jobs_.end()) {
       if (it->second->principal != principal)
-        return absl::PermissionDeniedError(absl::StrCat("job ", id, " belongs to another principal"));
+        return absl::PermissionDeniedError(
+            absl::StrCat("job ", id, " belongs to another principal"));
       return it->second;
     }
   }
   const auto parts = ParseJobId(id);
   if (parts && parts->replica != replica_id_) return Mirror(principal, id, parts->replica);
   if (durable_ && durable_->Find(id)) return FromDisk(principal, id);
-  const bool issued_before = parts && parts->boot != boot_ && (!durable_ || earlier_boots_.count(parts->boot));
+  const bool issued_before =
+      parts && parts->boot != boot_ && (!durable_ || earlier_boots_.count(parts->boot));
   if (issued_before)
-    return absl::AbortedError(absl::StrCat("job ", id, " was lost: replica ", replica_id_,
-                                           " restarted before it finished and its result was not stored; resubmit it"));
-  return absl::NotFoundError(absl::StrCat("no job ", id, " on replica ", replica_id_, " (never existed, or expired)"));
+    return absl::AbortedError(
+        absl::StrCat("job ", id, " was lost: replica ", replica_id_,
+                     " restarted before it finished and its result was not stored; resubmit it"));
+  return absl::NotFoundError(
+      absl::StrCat("no job ", id, " on replica ", replica_id_, " (never existed, or expired)"));
 }
 
-absl::StatusOr<std::shared_ptr<Job>> JobManager::FromDisk(const std::string& principal, const std::string& id) {
+absl::StatusOr<std::shared_ptr<Job>> JobManager::FromDisk(const std::string& principal,
+                                                          const std::string& id) {
   auto entry = durable_->Find(id);
   if (!entry) return absl::NotFoundError(absl::StrCat("no job ", id, " (expired)"));
-  if (entry->principal != principal) return absl::PermissionDeniedError(absl::StrCat("job ", id, " belongs to another principal"));
+  if (entry->principal != principal)
+    return absl::PermissionDeniedError(absl::StrCat("job ", id, " belongs to another principal"));
   auto layer = durable_->Load(id);
   if (!layer.ok()) return layer.status();
   auto job = std::make_shared<Job>();
@@ -55,7 +63,8 @@ absl::StatusOr<std::shared_ptr<Job>> JobManager::FromDisk(const std::string& pri
   return job;
 }
 
-absl::StatusOr<std::shared_ptr<Job>> JobManager::Mirror(const std::string& principal, const std::string& id,
+absl::StatusOr<std::shared_ptr<Job>> JobManager::Mirror(const std::string& principal,
+                                                        const std::string& id,
                                                         const std::string& replica) {
   auto job = std::make_shared<Job>();
   job->id = id;
@@ -77,8 +86,10 @@ absl::StatusOr<std::shared_ptr<Job>> JobManager::Mirror(const std::string& princ
     grpc::ClientContext* call = nullptr;
     auto progress = [&](const JobSnapshot& p) {  // called with mu_ held
       // A terminal state is the mirror's only once the result is all in (below).
-      if (!IsTerminal(p.state)) job->state = p.state;
-      else if (job->state == JobState::kUnknown) job->state = JobState::kRunning;
+      if (!IsTerminal(p.state))
+        job->state = p.state;
+      else if (job->state == JobState::kUnknown)
+        job->state = JobState::kRunning;
       job->bytes_received = p.bytes_received;
       job->fraction = p.fraction;
     };
@@ -91,7 +102,8 @@ absl::StatusOr<std::shared_ptr<Job>> JobManager::Mirror(const std::string& princ
           const absl::Status s = decoder.Add(e, progress);
           if (bad.ok()) bad = s;
           Notify(*job);
-          if (job.use_count() <= 1 && call) call->TryCancel();  // nobody follows the mirror any more
+          if (job.use_count() <= 1 && call)
+            call->TryCancel();  // nobody follows the mirror any more
         },
         [&](grpc::ClientContext* ctx) {
           std::lock_guard<std::mutex> l(mu_);
@@ -101,16 +113,20 @@ absl::StatusOr<std::shared_ptr<Job>> JobManager::Mirror(const std::string& princ
     std::lock_guard<std::mutex> l(mu_);
     mirror_calls_.erase(job.get());
     if (!got_event) first->set_value(end);
-    absl::StatusOr<QuantizedLayer> layer = bad.ok() ? decoder.Finish() : absl::StatusOr<QuantizedLayer>(bad);
+    absl::StatusOr<QuantizedLayer> layer =
+        bad.ok() ? decoder.Finish() : absl::StatusOr<QuantizedLayer>(bad);
     if (layer.ok()) {
       StoreResult(*job, std::move(layer).value());
       Finish(*job, absl::OkStatus());
     } else if (decoder.succeeded()) {
-      Finish(*job, end.ok() ? absl::DataLossError(absl::StrCat("the result of job ", id, " from replica ", replica,
-                                                               " was incomplete: ", layer.status().message()))
+      Finish(*job, end.ok() ? absl::DataLossError(
+                                  absl::StrCat("the result of job ", id, " from replica ", replica,
+                                               " was incomplete: ", layer.status().message()))
                             : end);
     } else if (!decoder.finished()) {
-      Finish(*job, end.ok() ? absl::UnavailableError(absl::StrCat("lost contact with replica ", replica)) : end);
+      Finish(*job, end.ok()
+                       ? absl::UnavailableError(absl::StrCat("lost contact with replica ", replica))
+                       : end);
     } else {
       Finish(*job, layer.status());  // the owner's job failed: its code and message
     }
@@ -126,7 +142,8 @@ absl::Status JobManager::LoadResult(Job& job) {
   {
     std::lock_guard<std::mutex> l(mu_);
     if (job.state != JobState::kSucceeded)
-      return absl::FailedPreconditionError(absl::StrCat("job ", job.id, " has no result (state ", JobStateName(job.state), ")"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("job ", job.id, " has no result (state ", JobStateName(job.state), ")"));
     if (job.result) return absl::OkStatus();
   }
   if (!durable_) return absl::DataLossError(absl::StrCat("the result of job ", job.id, " is gone"));
@@ -142,7 +159,8 @@ std::vector<std::shared_ptr<Job>> JobManager::List(const std::string& principal)
   std::vector<std::shared_ptr<Job>> out;
   for (auto& [id, j] : jobs_)
     if (j->principal == principal) out.push_back(j);
-  std::sort(out.begin(), out.end(), [](auto& a, auto& b) { return a->created_unix_ms < b->created_unix_ms; });
+  std::sort(out.begin(), out.end(),
+            [](auto& a, auto& b) { return a->created_unix_ms < b->created_unix_ms; });
   return out;
 }
 
@@ -162,7 +180,9 @@ JobSnapshot JobManager::Snapshot(const Job& job) {
 
 RunContext JobManager::ComputeContext() {
   RunContext ctx;
-  ctx.parallel_for = [this](int64_t n, const std::function<void(int64_t)>& f) { compute_->ParallelFor(n, f); };
+  ctx.parallel_for = [this](int64_t n, const std::function<void(int64_t)>& f) {
+    compute_->ParallelFor(n, f);
+  };
   return ctx;
 }
 
@@ -195,7 +215,9 @@ void JobManager::Housekeeping() {
     }
     if (!durable_) continue;
     l.unlock();
-    const auto removed = durable_->Trim(now - static_cast<int64_t>(options_.retention_hours * 3600e3), options_.retention_max_bytes);
+    const auto removed =
+        durable_->Trim(now - static_cast<int64_t>(options_.retention_hours * 3600e3),
+                       options_.retention_max_bytes);
     l.lock();
     for (const auto& id : removed) {  // results that are gone from disk leave memory as well
       auto it = jobs_.find(id);
@@ -216,11 +238,14 @@ void JobManager::EvictFinished(int64_t now) {
     while (!order.empty()) {
       auto it = jobs_.find(order.front());
       const bool gone = it == jobs_.end() || !IsTerminal(it->second->state);
-      if (!gone && order.size() <= keep && now - it->second->ended_ms < options_.finished_ttl.count()) break;
+      if (!gone && order.size() <= keep &&
+          now - it->second->ended_ms < options_.finished_ttl.count())
+        break;
       if (!gone) {
         const Job& j = *it->second;
         auto key = by_key_.find({j.principal, j.idempotency_key});
-        if (key != by_key_.end() && key->second == j.id) by_key_.erase(key);  // durable results keep theirs
+        if (key != by_key_.end() && key->second == j.id)
+          by_key_.erase(key);  // durable results keep theirs
         jobs_.erase(it);
       }
       order.pop_front();

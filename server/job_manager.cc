@@ -14,7 +14,8 @@ namespace axeq::server {
 namespace {
 
 uint64_t Random64() {
-  static thread_local std::mt19937_64 rng(std::random_device{}() ^ std::hash<std::thread::id>{}(std::this_thread::get_id()));
+  static thread_local std::mt19937_64 rng(std::random_device{}() ^
+                                          std::hash<std::thread::id>{}(std::this_thread::get_id()));
   return rng();
 }
 
@@ -31,7 +32,8 @@ JobManager::JobManager(const JobManagerOptions& options) : options_(options) {
 
 absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(const JobManagerOptions& options) {
   if (options.max_queue < 0) return absl::InvalidArgumentError("max_queue must be >= 0");
-  if (options.memory_budget_bytes < 0) return absl::InvalidArgumentError("memory budget must be > 0 (0 = from the cgroup limit)");
+  if (options.memory_budget_bytes < 0)
+    return absl::InvalidArgumentError("memory budget must be > 0 (0 = from the cgroup limit)");
   std::unique_ptr<JobManager> m(new JobManager(options));
   auto peers = Peers::Create(m->options_.peers);
   if (!peers.ok()) return peers.status();
@@ -97,7 +99,8 @@ void JobManager::Submit(const std::shared_ptr<Job>& job, std::unique_ptr<JobInpu
     std::lock_guard<std::mutex> l(mu_);
     if (job->state != JobState::kReceiving) return;  // ended meanwhile (idle timeout, cancel)
     if (draining_) {
-      Finish(*job, absl::UnavailableError("server is draining; resubmit the job to another replica"));
+      Finish(*job,
+             absl::UnavailableError("server is draining; resubmit the job to another replica"));
       return;
     }
     uploads_.erase(job.get());  // its slot moves to the queue
@@ -138,7 +141,8 @@ void JobManager::StoreResult(Job& job, QuantizedLayer&& layer) {
 bool JobManager::FailLocked(const std::shared_ptr<Job>& job, const absl::Status& status) {
   if (IsTerminal(job->state)) return false;
   absl::Status st = status;
-  if (st.code() == absl::StatusCode::kCancelled && std::chrono::system_clock::now() >= job->deadline)
+  if (st.code() == absl::StatusCode::kCancelled &&
+      std::chrono::system_clock::now() >= job->deadline)
     st = absl::DeadlineExceededError("the job's deadline passed");
   if (job->state == JobState::kRunning || job->state == JobState::kCancelling) {  // ends in Run()
     job->stop_code = st.code();
@@ -175,13 +179,15 @@ void JobManager::Fail(const std::shared_ptr<Job>& job, const absl::Status& statu
 }
 
 absl::StatusOr<JobState> JobManager::Cancel(const std::string& principal, const std::string& id) {
-  if (auto p = ParseJobId(id); p && p->replica != replica_id_) return peers_->Cancel(p->replica, principal, id);
+  if (auto p = ParseJobId(id); p && p->replica != replica_id_)
+    return peers_->Cancel(p->replica, principal, id);
   auto found = Get(principal, id);
   if (!found.ok()) return found.status();
   const std::shared_ptr<Job>& job = *found;
   {
     std::lock_guard<std::mutex> l(mu_);
-    if (!IsTerminal(job->state) && job->abort_upload) job->abort_upload();  // ends the upload call too
+    if (!IsTerminal(job->state) && job->abort_upload)
+      job->abort_upload();  // ends the upload call too
     FailLocked(job, absl::CancelledError("cancelled by the client"));
   }
   if (hooks_.on_event) hooks_.on_event(*job, "cancel requested");
@@ -218,7 +224,9 @@ void JobManager::Run(const std::shared_ptr<Job>& job) {
   const auto t0 = std::chrono::steady_clock::now();
   JobInput& in = *job->input;
   RunContext ctx = ComputeContext();
-  ctx.should_stop = [job] { return job->cancel.load() || std::chrono::system_clock::now() > job->deadline; };
+  ctx.should_stop = [job] {
+    return job->cancel.load() || std::chrono::system_clock::now() > job->deadline;
+  };
   ctx.progress = [this, job](int64_t done, int64_t total) {
     std::lock_guard<std::mutex> l(mu_);
     job->fraction = static_cast<double>(done) / static_cast<double>(total);
@@ -231,12 +239,15 @@ void JobManager::Run(const std::shared_ptr<Job>& job) {
     if (f.ok()) in.stats.optq_factor = *f;
   }
   auto r = QuantizeLayer(in.weights, in.bias ? &*in.bias : nullptr, in.stats, in.options, ctx);
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   absl::Status st = r.status();
   if (st.code() == absl::StatusCode::kCancelled) {
-    if (std::chrono::system_clock::now() > job->deadline) st = absl::DeadlineExceededError("the job's deadline passed");
+    if (std::chrono::system_clock::now() > job->deadline)
+      st = absl::DeadlineExceededError("the job's deadline passed");
     else if (job->stop_code == absl::StatusCode::kUnavailable)
-      st = absl::UnavailableError("the server shut down before the job finished; resubmit it to another replica");
+      st = absl::UnavailableError(
+          "the server shut down before the job finished; resubmit it to another replica");
   }
   bool safe = false;
   if (st.ok()) {
@@ -257,13 +268,15 @@ void JobManager::Run(const std::shared_ptr<Job>& job) {
   }
   if (hooks_.on_finished) hooks_.on_finished(*job, seconds, safe);
   if (hooks_.on_event)
-    hooks_.on_event(*job, st.ok() ? absl::StrCat("succeeded in ", seconds, " s, certificate ", safe ? "SAFE" : "UNSAFE")
+    hooks_.on_event(*job, st.ok() ? absl::StrCat("succeeded in ", seconds, " s, certificate ",
+                                                 safe ? "SAFE" : "UNSAFE")
                                   : absl::StrCat("ended: ", st.ToString()));
 }
 
 void JobManager::Persist(Job& job, const QuantizedLayer& layer) {
   if (!durable_) return;
-  DurableEntry e{job.id, job.principal, job.layer_name, job.idempotency_key, job.content_digest, ""};
+  DurableEntry e{job.id, job.principal, job.layer_name, job.idempotency_key, job.content_digest,
+                 ""};
   e.created_unix_ms = job.created_unix_ms;
   if (auto s = durable_->Write(e, layer); !s.ok()) {
     if (hooks_.on_event) hooks_.on_event(job, absl::StrCat("persist failed: ", s.ToString()));
@@ -291,14 +304,16 @@ void JobManager::Drain(std::chrono::milliseconds grace) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   // Out of time: queued and running jobs end UNAVAILABLE (clients resubmit them elsewhere).
-  const absl::Status gone = absl::UnavailableError("the server shut down before the job finished; resubmit it to another replica");
+  const absl::Status gone = absl::UnavailableError(
+      "the server shut down before the job finished; resubmit it to another replica");
   std::vector<std::shared_ptr<Job>> rest;
   {
     std::lock_guard<std::mutex> l(mu_);
     for (auto& [id, j] : jobs_) rest.push_back(j);
   }
   for (auto& j : rest) Fail(j, gone);
-  for (int i = 0; i < 200 && running() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  for (int i = 0; i < 200 && running() > 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
 }
 
 }  // namespace axeq::server

@@ -45,23 +45,24 @@ inline constexpr size_t kMaxLayerNameBytes = 512;
 inline constexpr size_t kMaxIdempotencyKeyBytes = 256;
 
 struct JobManagerOptions {
-  int workers = 0;                       // concurrent jobs; 0 = the container's CPU quota
-  int compute_threads = 0;               // engine threads inside a job; 0 = the CPU quota
-  int compute_nice = 10;                 // nice value of engine threads (above the network threads')
-  int max_queue = 64;                    // jobs receiving or waiting for a worker
-  int64_t memory_budget_bytes = 0;       // reserved by receiving + queued + running jobs; 0 = 75% of the cgroup limit
-  std::chrono::milliseconds upload_idle_timeout{60000};  // an upload silent this long is ended
+  int workers = 0;          // concurrent jobs; 0 = the container's CPU quota
+  int compute_threads = 0;  // engine threads inside a job; 0 = the CPU quota
+  int compute_nice = 10;    // nice value of engine threads (above the network threads')
+  int max_queue = 64;       // jobs receiving or waiting for a worker
+  int64_t memory_budget_bytes =
+      0;  // reserved by receiving + queued + running jobs; 0 = 75% of the cgroup limit
+  std::chrono::milliseconds upload_idle_timeout{60000};    // an upload silent this long is ended
   std::chrono::milliseconds finished_ttl{10 * 60 * 1000};  // finished jobs leave memory after this
-  int max_finished_jobs = 1000;          // ... or beyond this many (oldest first)
-  int max_failed_jobs = 256;             // failed/cancelled records kept (oldest dropped first)
-  std::string results_dir;               // empty: results live in memory only
-  double retention_hours = 24 * 7;       // durable results older than this are deleted
+  int max_finished_jobs = 1000;                            // ... or beyond this many (oldest first)
+  int max_failed_jobs = 256;                 // failed/cancelled records kept (oldest dropped first)
+  std::string results_dir;                   // empty: results live in memory only
+  double retention_hours = 24 * 7;           // durable results older than this are deleted
   int64_t retention_max_bytes = 20ll << 30;  // and the oldest beyond this total
   std::chrono::milliseconds housekeeping_interval{1000};  // timeouts, eviction, retention
   // Freed job buffers stay with the allocator (reused without faulting their pages in again) until
   // nothing has been received or run for this long; then they go back to the system.
   std::chrono::milliseconds release_idle{10000};
-  PeerOptions peers;                     // replica id (empty = host name) and how to reach peers
+  PeerOptions peers;  // replica id (empty = host name) and how to reach peers
 };
 
 // Everything a job needs to run, gathered by the upload handler.
@@ -97,7 +98,7 @@ struct Job {
   int64_t version = 0;  // bumps on every change; watchers wait for it
   absl::Status status;
   std::unique_ptr<JobInput> input;
-  std::function<void()> abort_upload;   // set by the upload handler; see the file comment
+  std::function<void()> abort_upload;  // set by the upload handler; see the file comment
   absl::StatusCode stop_code = absl::StatusCode::kCancelled;  // why `cancel` was set
   std::atomic<int64_t> last_activity_ms{0};  // written without the lock (KeepAlive)
   int64_t ended_ms = 0;
@@ -135,14 +136,16 @@ class JobManager {
   // in use (transient); UNAVAILABLE while draining. With a key already bound to a live or
   // succeeded job of the principal, the returned upload carries that job's id.
   absl::StatusOr<std::shared_ptr<Job>> Admit(const AdmitRequest& request);
-  absl::StatusOr<std::shared_ptr<Job>> Admit(const std::string& principal, const std::string& layer_name, int64_t bytes) {
+  absl::StatusOr<std::shared_ptr<Job>> Admit(const std::string& principal,
+                                             const std::string& layer_name, int64_t bytes) {
     return Admit(AdmitRequest{principal, layer_name, "", bytes});
   }
   // Once the whole upload is in: binds the idempotency key to the job, or returns the earlier job
   // of the same principal with the same key and content digest (the upload is then dropped).
   // ALREADY_EXISTS when the key was used for different content.
   absl::StatusOr<std::shared_ptr<Job>> Deduplicate(const std::shared_ptr<Job>& job,
-                                                   const std::string& key, const std::string& digest);
+                                                   const std::string& key,
+                                                   const std::string& digest);
   // Counts received bytes for progress (and resets the idle timer).
   void AddReceived(Job& job, int64_t bytes);
   // Resets the upload's idle timer; lock-free, called for every received message.
@@ -186,16 +189,18 @@ class JobManager {
   void Run(const std::shared_ptr<Job>& job);
   void Finish(Job& job, const absl::Status& status);  // requires mu_: terminal state + record
   static void StoreResult(Job& job, QuantizedLayer&& layer);  // requires mu_
-  void Release(Job& job);                             // requires mu_: reservation, upload slot
+  void Release(Job& job);  // requires mu_: reservation, upload slot
   bool FailLocked(const std::shared_ptr<Job>& job, const absl::Status& status);  // requires mu_
-  void Notify(Job& job);                              // requires mu_
+  void Notify(Job& job);                                                         // requires mu_
   void Housekeeping();
   void ExpireUploads(int64_t now_ms);
   void EvictFinished(int64_t now_ms);
   bool ReleaseMemoryWhenIdle(int64_t now_ms);  // requires mu_; true: release now (unlocked)
   void Persist(Job& job, const QuantizedLayer& layer);
-  absl::StatusOr<std::shared_ptr<Job>> FromDisk(const std::string& principal, const std::string& id);
-  absl::StatusOr<std::shared_ptr<Job>> Mirror(const std::string& principal, const std::string& id, const std::string& replica);
+  absl::StatusOr<std::shared_ptr<Job>> FromDisk(const std::string& principal,
+                                                const std::string& id);
+  absl::StatusOr<std::shared_ptr<Job>> Mirror(const std::string& principal, const std::string& id,
+                                              const std::string& replica);
   void ReportLoad();
 
   JobManagerOptions options_;
@@ -208,7 +213,7 @@ class JobManager {
   std::map<std::pair<std::string, std::string>, std::string> by_key_;  // (principal, key) -> id
   std::deque<std::shared_ptr<Job>> queue_;
   std::list<std::string> finished_order_, failed_order_;  // ids, oldest first
-  std::map<const Job*, std::shared_ptr<Job>> uploads_;  // jobs in RECEIVING
+  std::map<const Job*, std::shared_ptr<Job>> uploads_;    // jobs in RECEIVING
   int running_ = 0, active_mirrors_ = 0;
   int64_t reserved_ = 0, last_release_ms_ = 0;  // last reservation released (job or upload ended)
   bool draining_ = false, stopping_ = false, memory_to_release_ = false;

@@ -33,8 +33,10 @@ int64_t PhysicalMemory() {
 }  // namespace
 
 void ReleaseFreeMemory() {
-  if (MallocExtension_ReleaseFreeMemory) MallocExtension_ReleaseFreeMemory();
-  else malloc_trim(0);
+  if (MallocExtension_ReleaseFreeMemory)
+    MallocExtension_ReleaseFreeMemory();
+  else
+    malloc_trim(0);
 }
 
 int64_t ParseMemoryMax(const std::string& text) {
@@ -72,7 +74,9 @@ int64_t MemoryLimitBytes() {
 int CpuQuota() {
   const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   double cpus = ParseCpuMax(Slurp("/sys/fs/cgroup/cpu.max"));
-  if (cpus < 0) cpus = ParseCfsQuota(Slurp("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), Slurp("/sys/fs/cgroup/cpu/cpu.cfs_period_us"));
+  if (cpus < 0)
+    cpus = ParseCfsQuota(Slurp("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"),
+                         Slurp("/sys/fs/cgroup/cpu/cpu.cfs_period_us"));
   if (cpus < 0) return hw;
   return std::clamp(static_cast<int>(std::ceil(cpus - 1e-9)), 1, hw);
 }

@@ -24,7 +24,7 @@ void ReleaseFreeMemory();
 
 // Parsers of the cgroup files' contents (exposed for tests): -1 when unlimited or malformed.
 int64_t ParseMemoryMax(const std::string& text);
-double ParseCpuMax(const std::string& text);                       // v2 "quota period" / "max period"
+double ParseCpuMax(const std::string& text);  // v2 "quota period" / "max period"
 double ParseCfsQuota(const std::string& quota, const std::string& period);  // v1
 
 }  // namespace axeq::server

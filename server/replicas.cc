@@ -18,13 +18,16 @@ namespace axeq::server {
 bool ValidReplicaId(const std::string& r) {
   if (r.empty() || r.size() > 63 || r.front() == '-' || r.back() == '-') return false;
   for (char c : r)
-    if (!(std::islower(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c)) || c == '-')) return false;
+    if (!(std::islower(static_cast<unsigned char>(c)) ||
+          std::isdigit(static_cast<unsigned char>(c)) || c == '-'))
+      return false;
   return true;
 }
 
 std::optional<JobIdParts> ParseJobId(const std::string& id) {
   const size_t dash = id.rfind('-');
-  if (id.size() > kMaxJobIdBytes || dash == std::string::npos || id.size() - dash - 1 != 32) return std::nullopt;
+  if (id.size() > kMaxJobIdBytes || dash == std::string::npos || id.size() - dash - 1 != 32)
+    return std::nullopt;
   JobIdParts p{id.substr(0, dash), id.substr(dash + 1, 8), id.substr(dash + 9)};
   if (!ValidReplicaId(p.replica)) return std::nullopt;
   for (char c : id.substr(dash + 1))
@@ -47,19 +50,24 @@ std::string DefaultReplicaId() {
 
 absl::StatusOr<std::unique_ptr<Peers>> Peers::Create(PeerOptions options) {
   if (!ValidReplicaId(options.replica_id))
-    return absl::InvalidArgumentError(absl::StrCat("--replica-id '", options.replica_id,
-                                                   "' must be 1..63 characters of [a-z0-9-], starting and ending alphanumeric"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--replica-id '", options.replica_id,
+                     "' must be 1..63 characters of [a-z0-9-], starting and ending alphanumeric"));
   for (const auto& [replica, address] : options.peers)
     if (!ValidReplicaId(replica) || address.empty())
-      return absl::InvalidArgumentError(absl::StrCat("--peers entry '", replica, "=", address, "' needs a valid replica id and an address"));
-  if (!options.address_template.empty() && options.address_template.find("{replica}") == std::string::npos)
-    return absl::InvalidArgumentError(absl::StrCat("--peer-address-template '", options.address_template, "' has no {replica}"));
+      return absl::InvalidArgumentError(absl::StrCat("--peers entry '", replica, "=", address,
+                                                     "' needs a valid replica id and an address"));
+  if (!options.address_template.empty() &&
+      options.address_template.find("{replica}") == std::string::npos)
+    return absl::InvalidArgumentError(
+        absl::StrCat("--peer-address-template '", options.address_template, "' has no {replica}"));
   if (options.tls_cert_file.empty() != options.tls_key_file.empty())
     return absl::InvalidArgumentError("--peer-tls-cert and --peer-tls-key go together");
   std::unique_ptr<Peers> p(new Peers(std::move(options)));
-  const std::pair<const std::string*, std::string*> files[] = {{&p->options_.tls_ca_file, &p->ca_pem_},
-                                                               {&p->options_.tls_cert_file, &p->cert_pem_},
-                                                               {&p->options_.tls_key_file, &p->key_pem_}};
+  const std::pair<const std::string*, std::string*> files[] = {
+      {&p->options_.tls_ca_file, &p->ca_pem_},
+      {&p->options_.tls_cert_file, &p->cert_pem_},
+      {&p->options_.tls_key_file, &p->key_pem_}};
   for (const auto& [path, pem] : files) {
     if (path->empty()) continue;
     std::ifstream in(*path);
@@ -76,7 +84,8 @@ absl::StatusOr<std::string> Peers::AddressOf(const std::string& replica) const {
   if (it != options_.peers.end()) return it->second;
   if (!options_.address_template.empty() && ValidReplicaId(replica))
     return absl::StrReplaceAll(options_.address_template, {{"{replica}", replica}});
-  return absl::NotFoundError(absl::StrCat("replica '", replica, "' is not a known peer (see --peers / --peer-address-template)"));
+  return absl::NotFoundError(absl::StrCat(
+      "replica '", replica, "' is not a known peer (see --peers / --peer-address-template)"));
 }
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> Peers::ChannelTo(const std::string& replica) {
@@ -97,7 +106,8 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> Peers::ChannelTo(const std::strin
       }
       grpc::ChannelArguments args;
       args.SetMaxReceiveMessageSize(kMaxMessageBytes);
-      // A restarted peer is reached again quickly (gRPC's default first backoff is 1 s, up to 120 s).
+      // A restarted peer is reached again quickly (gRPC's default first backoff is 1 s, up to 120
+      // s).
       args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
       args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
       args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
@@ -107,12 +117,15 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> Peers::ChannelTo(const std::strin
   }
   // Connect (or reconnect after a restart) within a few seconds, else the peer is down.
   if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(5)))
-    return absl::UnavailableError(absl::StrCat("replica ", replica, " at ", *address, " is unreachable"));
+    return absl::UnavailableError(
+        absl::StrCat("replica ", replica, " at ", *address, " is unreachable"));
   return channel;
 }
 
-absl::StatusOr<std::unique_ptr<v1::Quantizer::Stub>> Peers::StubFor(const std::string& replica, const std::string& principal,
-                                                                     std::chrono::seconds deadline, grpc::ClientContext* ctx) {
+absl::StatusOr<std::unique_ptr<v1::Quantizer::Stub>> Peers::StubFor(const std::string& replica,
+                                                                    const std::string& principal,
+                                                                    std::chrono::seconds deadline,
+                                                                    grpc::ClientContext* ctx) {
   auto ch = ChannelTo(replica);
   if (!ch.ok()) return ch.status();
   const std::string token = options_.token_for ? options_.token_for(principal) : "";
@@ -122,7 +135,8 @@ absl::StatusOr<std::unique_ptr<v1::Quantizer::Stub>> Peers::StubFor(const std::s
   return v1::Quantizer::NewStub(*ch);
 }
 
-absl::Status Peers::Watch(const std::string& replica, const std::string& principal, const std::string& id,
+absl::Status Peers::Watch(const std::string& replica, const std::string& principal,
+                          const std::string& id,
                           const std::function<void(const v1::JobEvent&)>& on_event,
                           const std::function<void(grpc::ClientContext*)>& started) {
   grpc::ClientContext ctx;
@@ -137,11 +151,13 @@ absl::Status Peers::Watch(const std::string& replica, const std::string& princip
   while (reader->Read(&e)) on_event(e);
   const absl::Status s = FromGrpc(reader->Finish());
   if (s.code() == absl::StatusCode::kUnavailable)
-    return absl::UnavailableError(absl::StrCat("replica ", replica, " that owns job ", id, " is unreachable: ", s.message()));
+    return absl::UnavailableError(
+        absl::StrCat("replica ", replica, " that owns job ", id, " is unreachable: ", s.message()));
   return s;
 }
 
-absl::StatusOr<JobState> Peers::Cancel(const std::string& replica, const std::string& principal, const std::string& id) {
+absl::StatusOr<JobState> Peers::Cancel(const std::string& replica, const std::string& principal,
+                                       const std::string& id) {
   grpc::ClientContext ctx;
   auto stub = StubFor(replica, principal, std::chrono::seconds(30), &ctx);
   if (!stub.ok()) return stub.status();

@@ -42,11 +42,11 @@ bool ValidReplicaId(const std::string& replica);
 std::string DefaultReplicaId();
 
 struct PeerOptions {
-  std::string replica_id;                   // this replica
+  std::string replica_id;                    // this replica
   std::map<std::string, std::string> peers;  // replica -> host:port (checked first)
-  std::string address_template;             // "{replica}" is replaced by the replica id
-  std::string tls_ca_file;                  // TLS to peers with this CA; empty = plaintext
-  std::string tls_cert_file, tls_key_file;  // client certificate presented to peers (mTLS)
+  std::string address_template;              // "{replica}" is replaced by the replica id
+  std::string tls_ca_file;                   // TLS to peers with this CA; empty = plaintext
+  std::string tls_cert_file, tls_key_file;   // client certificate presented to peers (mTLS)
   // Returns a bearer token of `principal` (empty: none, when auth is off).
   std::function<std::string(const std::string& principal)> token_for;
 };
@@ -61,18 +61,22 @@ class Peers {
   absl::StatusOr<std::string> AddressOf(const std::string& replica) const;
   // Follows job `id` on its owner (Watch with the result): on_event for every event until the
   // stream ends; returns the peer's final status. `context` is set for cancellation (TryCancel).
-  absl::Status Watch(const std::string& replica, const std::string& principal, const std::string& id,
+  absl::Status Watch(const std::string& replica, const std::string& principal,
+                     const std::string& id,
                      const std::function<void(const v1::JobEvent&)>& on_event,
                      const std::function<void(grpc::ClientContext*)>& started);
-  absl::StatusOr<JobState> Cancel(const std::string& replica, const std::string& principal, const std::string& id);
+  absl::StatusOr<JobState> Cancel(const std::string& replica, const std::string& principal,
+                                  const std::string& id);
 
  private:
   explicit Peers(PeerOptions options) : options_(std::move(options)) {}
   absl::StatusOr<std::shared_ptr<grpc::Channel>> ChannelTo(const std::string& replica);
   // A stub for a call to the replica's address; sets ctx's token of `principal`, forwarding
   // mark and deadline. UNAVAILABLE when the peer cannot be reached.
-  absl::StatusOr<std::unique_ptr<v1::Quantizer::Stub>> StubFor(const std::string& replica, const std::string& principal,
-                                                               std::chrono::seconds deadline, grpc::ClientContext* ctx);
+  absl::StatusOr<std::unique_ptr<v1::Quantizer::Stub>> StubFor(const std::string& replica,
+                                                               const std::string& principal,
+                                                               std::chrono::seconds deadline,
+                                                               grpc::ClientContext* ctx);
 
   PeerOptions options_;
   std::string ca_pem_, cert_pem_, key_pem_;

@@ -43,12 +43,10 @@ Server::~Server() {
 
 int Server::metrics_port() const { return metrics_ ? metrics_->port() : 0; }
 
-absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
-  std::unique_ptr<Server> s(new Server());
-  s->drain_delay_ = o.drain_delay;
-  auto auth = Authenticator::FromFile(o.tokens_file);
-  if (!auth.ok()) return auth.status();
-  std::shared_ptr<grpc::ServerCredentials> creds;
+namespace {
+
+// TLS (optionally requiring client certificates) from the PEM files, or plaintext when asked.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(const ServerOptions& o) {
   if (!o.tls_cert_file.empty() || !o.tls_key_file.empty()) {
     auto cert = ReadFile(o.tls_cert_file, "TLS certificate");
     if (!cert.ok()) return cert.status();
@@ -62,15 +60,29 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
       ssl.pem_root_certs = *ca;
       ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
     }
-    creds = grpc::SslServerCredentials(ssl);
+    return grpc::SslServerCredentials(ssl);
   } else if (o.insecure) {
-    creds = grpc::InsecureServerCredentials();
+    return grpc::InsecureServerCredentials();
   } else {
-    return absl::InvalidArgumentError("no TLS certificate/key given: pass --tls-cert and --tls-key, or --insecure for plaintext");
+    return absl::InvalidArgumentError(
+        "no TLS certificate/key given: pass --tls-cert and --tls-key, or --insecure for plaintext");
   }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
+  std::unique_ptr<Server> s(new Server());
+  s->drain_delay_ = o.drain_delay;
+  auto auth = Authenticator::FromFile(o.tokens_file);
+  if (!auth.ok()) return auth.status();
+  auto creds = ServerCredentials(o);
+  if (!creds.ok()) return creds.status();
   JobManagerOptions jo = o.jobs;
   // Calls forwarded to the replica that owns a job carry a token of the caller's own principal.
-  jo.peers.token_for = [tokens = std::make_shared<Authenticator>(*auth)](const std::string& p) { return tokens->TokenFor(p); };
+  jo.peers.token_for = [tokens = std::make_shared<Authenticator>(*auth)](const std::string& p) {
+    return tokens->TokenFor(p);
+  };
   if (jo.peers.tls_ca_file.empty() && !o.insecure) jo.peers.tls_ca_file = o.tls_client_ca_file;
   // Peers that require client certificates (mTLS) are shown this replica's own by default.
   if (jo.peers.tls_cert_file.empty() && !o.tls_client_ca_file.empty() && !o.insecure) {
@@ -88,7 +100,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   const bool log = o.log_json;
   JobManager::Hooks hooks;
   hooks.on_event = [log](const Job& j, const std::string& event) {
-    if (log) LogJson({{"ts_ms", UnixMs()}, {"job", j.id}, {"principal", j.principal}, {"layer", j.layer_name}, {"event", event}});
+    if (log)
+      LogJson({{"ts_ms", UnixMs()},
+               {"job", j.id},
+               {"principal", j.principal},
+               {"layer", j.layer_name},
+               {"event", event}});
   };
   hooks.on_load = [m](int q, int r, int64_t b) { m->Load(q, r, b); };
   hooks.on_finished = [m](const Job& j, double seconds, bool safe) {
@@ -96,12 +113,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   };
   hooks.on_memory_released = [m] { m->MemoryReleased(); };
   s->jobs_->SetHooks(hooks);
-  s->service_ = MakeQuantizerService(s->jobs_.get(), m, std::move(auth).value(), o.max_upload_bytes);
+  s->service_ =
+      MakeQuantizerService(s->jobs_.get(), m, std::move(auth).value(), o.max_upload_bytes);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(o.address, creds, &s->port_);
+  builder.AddListeningPort(o.address, *creds, &s->port_);
   builder.RegisterService(s->service_.get());
   builder.SetMaxReceiveMessageSize(8 << 20);
   builder.SetMaxSendMessageSize(kMaxMessageBytes);
@@ -111,11 +129,17 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   s->server_->GetHealthCheckService()->SetServingStatus(true);
   // Per service too (Drain's SetServingStatus(false) turns both to NOT_SERVING).
   s->server_->GetHealthCheckService()->SetServingStatus("axeq.v1.Quantizer", true);
-  if (log) LogJson({{"ts_ms", UnixMs()}, {"event", "serving"}, {"port", s->port_}, {"metrics_port", s->metrics_port()},
-                    {"tls", creds != nullptr && !o.insecure}, {"auth", !o.tokens_file.empty()},
-                    {"replica", s->jobs_->replica_id()}, {"workers", workers},
-                    {"compute_threads", s->jobs_->options().compute_threads},
-                    {"memory_budget_mb", s->jobs_->options().memory_budget_bytes >> 20}});
+  if (log)
+    LogJson({{"ts_ms", UnixMs()},
+             {"event", "serving"},
+             {"port", s->port_},
+             {"metrics_port", s->metrics_port()},
+             {"tls", !o.tls_cert_file.empty()},
+             {"auth", !o.tokens_file.empty()},
+             {"replica", s->jobs_->replica_id()},
+             {"workers", workers},
+             {"compute_threads", s->jobs_->options().compute_threads},
+             {"memory_budget_mb", s->jobs_->options().memory_budget_bytes >> 20}});
   return s;
 }
 

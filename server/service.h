@@ -11,8 +11,8 @@
 
 namespace axeq::server {
 
-std::unique_ptr<grpc::Service> MakeQuantizerService(JobManager* jobs, Metrics* metrics, Authenticator auth,
-                                                    int64_t max_upload_bytes);
+std::unique_ptr<grpc::Service> MakeQuantizerService(JobManager* jobs, Metrics* metrics,
+                                                    Authenticator auth, int64_t max_upload_bytes);
 
 }  // namespace axeq::server
 

@@ -67,11 +67,14 @@ TEST(GoldenGpt2, Table3OrderingAtW4A8) {
         EXPECT_LE(res->certificate.min_accumulator_bits, kP);
         return res->report.relative_error;
       };
-      Row row{run(Method::kEpInit, Rounding::kNearest, true), run(Method::kAxe, Rounding::kToZero, true),
-              run(Method::kAxe, Rounding::kNearest, true), run(Method::kAxe, Rounding::kNearest, false)};
+      Row row{run(Method::kEpInit, Rounding::kNearest, true),
+              run(Method::kAxe, Rounding::kToZero, true),
+              run(Method::kAxe, Rounding::kNearest, true),
+              run(Method::kAxe, Rounding::kNearest, false)};
       const std::string key = std::string(AlgorithmName(alg)) + " " + name;
       rows[key] = row;
-      std::printf("| %-18s | %.4f | %.4f | %.4f | %.4f |\n", key.c_str(), row.ep, row.rtz, row.rtn, row.hco);
+      std::printf("| %-18s | %.4f | %.4f | %.4f | %.4f |\n", key.c_str(), row.ep, row.rtz, row.rtn,
+                  row.hco);
       // The paper's ordering (Table 3): error correction beats EP-init, RTN beats RTZ.
       EXPECT_GT(row.ep, row.rtz) << key;
       EXPECT_GT(row.rtz, row.rtn) << key;
@@ -86,9 +89,10 @@ TEST(GoldenGpt2, Table3OrderingAtW4A8) {
   // Updated 2026-11-27 (issue 16): percentiles now interpolate linearly between order statistics
   // (numpy's definition, shared with the Python client) instead of taking the nearest one, and the
   // activation scale is computed in double; X~ moved slightly (changes <= 0.0018).
-  const std::map<std::string, Row> golden = {
-      {"optq h.5.attn.q", {0.9208, 0.7389, 0.6603, 0.2966}}, {"gpfq h.5.attn.q", {0.9344, 0.7296, 0.6484, 0.2915}},
-      {"optq h.5.attn.o", {0.9177, 0.7319, 0.6559, 0.2931}}, {"gpfq h.5.attn.o", {0.9309, 0.7220, 0.6431, 0.2873}}};
+  const std::map<std::string, Row> golden = {{"optq h.5.attn.q", {0.9208, 0.7389, 0.6603, 0.2966}},
+                                             {"gpfq h.5.attn.q", {0.9344, 0.7296, 0.6484, 0.2915}},
+                                             {"optq h.5.attn.o", {0.9177, 0.7319, 0.6559, 0.2931}},
+                                             {"gpfq h.5.attn.o", {0.9309, 0.7220, 0.6431, 0.2873}}};
   for (const auto& [key, want] : golden) {
     const Row& got = rows[key];
     EXPECT_NEAR(got.ep, want.ep, 2e-3) << key;

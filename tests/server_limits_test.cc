@@ -36,8 +36,9 @@ TEST(ServerIdleUploads, ASlowButLiveUploadSucceedsAndAStalledOneIsCancelled) {
   const std::vector<float> g = Identity(k);
   for (int half = 0; half < 2; ++half, ++chunks) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    live.Send(Tensor(v1::TENSOR_KIND_GRAM, half * k * k / 2,
-                     std::vector<float>(g.begin() + half * k * k / 2, g.begin() + (half + 1) * k * k / 2)));
+    live.Send(Tensor(
+        v1::TENSOR_KIND_GRAM, half * k * k / 2,
+        std::vector<float>(g.begin() + half * k * k / 2, g.begin() + (half + 1) * k * k / 2)));
   }
   live.Send(Commit(chunks));
   const grpc::Status ok = live.Finish();
@@ -53,7 +54,8 @@ TEST(ServerIdleUploads, ASlowButLiveUploadSucceedsAndAStalledOneIsCancelled) {
   }
   const grpc::Status refused = stalled.Finish();
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::CANCELLED) << refused.error_message();
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(20)) << "the stalled upload was never ended";
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(20))
+      << "the stalled upload was never ended";
   auto list = ClientFor((*srv)->port())->List();
   ASSERT_TRUE(list.ok());
   EXPECT_EQ(list->size(), 1u) << "an abandoned upload leaves no record";
@@ -110,7 +112,8 @@ TEST(ServerRetention, TwentyThousandResultsOnDiskNeitherSlowJobsNorRescanTheDire
   auto t0 = std::chrono::steady_clock::now();
   auto srv = Server::Start(opts);
   ASSERT_TRUE(srv.ok()) << srv.status();
-  const double start_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double start_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   auto client = ClientFor((*srv)->port());
   std::mt19937_64 rng(32);
   const Case c = MakeCase(rng, Algorithm::kGpfq, 0, false);
@@ -119,16 +122,19 @@ TEST(ServerRetention, TwentyThousandResultsOnDiskNeitherSlowJobsNorRescanTheDire
     auto r = client->Quantize(Remote(c));
     ASSERT_TRUE(r.ok()) << "job " << i << ": " << r.status();
   }
-  const double jobs_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::printf("indexed %d results in %.2f s; %d jobs in %.2f s (%.1f jobs/s)\n", kSeeded, start_s, kJobs, jobs_s,
-              kJobs / jobs_s);
+  const double jobs_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("indexed %d results in %.2f s; %d jobs in %.2f s (%.1f jobs/s)\n", kSeeded, start_s,
+              kJobs, jobs_s, kJobs / jobs_s);
   std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the last trim
-  EXPECT_EQ(server::DurableResults::directory_scans() - scans, 1) << "one listing at start, none per job";
+  EXPECT_EQ(server::DurableResults::directory_scans() - scans, 1)
+      << "one listing at start, none per job";
   // Retention ran incrementally: the oldest seeded results are gone, the newest are still there.
   EXPECT_FALSE(fs::exists(dir + "/seed-00000000.axeqjob.safetensors"));
   EXPECT_TRUE(fs::exists(dir + "/seed-00019999.axeqjob.safetensors"));
   int files = 0;
-  for (const auto& f : fs::directory_iterator(dir)) files += f.path().string().find("axeqjob") != std::string::npos;
+  for (const auto& f : fs::directory_iterator(dir))
+    files += f.path().string().find("axeqjob") != std::string::npos;
   EXPECT_LE(files, kSeeded) << "retention keeps the total within the limit";
   EXPECT_GT(files, kSeeded / 2) << "retention removes only the oldest";
   fs::remove_all(dir);
@@ -137,15 +143,20 @@ TEST(ServerRetention, TwentyThousandResultsOnDiskNeitherSlowJobsNorRescanTheDire
 TEST(ServerAuth, TokenLookupsDoTheSameWorkWhereverTheMismatchIs) {
   const std::string dir = TempDir("authwork");
   const std::string alice = "alice-token-0123456789abcdef";
-  std::ofstream(dir + "/tokens") << alice << " alice\nbob-token-0123456789abcdef bob\ncarol-token-0123456789abcde carol\n";
+  std::ofstream(dir + "/tokens")
+      << alice << " alice\nbob-token-0123456789abcdef bob\ncarol-token-0123456789abcde carol\n";
   auto auth = server::Authenticator::FromFile(dir + "/tokens");
   ASSERT_TRUE(auth.ok()) << auth.status();
   std::string first = alice, last = alice;
   first.front() ^= 1;
   last.back() ^= 1;
-  const std::vector<std::pair<std::string, bool>> tokens = {
-      {alice, true}, {first, false}, {last, false}, {alice.substr(0, 5), false}, {alice + "x", false}, {"", false},
-      {std::string(4096, 'a'), false}};
+  const std::vector<std::pair<std::string, bool>> tokens = {{alice, true},
+                                                            {first, false},
+                                                            {last, false},
+                                                            {alice.substr(0, 5), false},
+                                                            {alice + "x", false},
+                                                            {"", false},
+                                                            {std::string(4096, 'a'), false}};
   for (const auto& [token, known] : tokens) {
     server::Authenticator::Work work;
     auto p = auth->PrincipalOf(token, &work);

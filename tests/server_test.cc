@@ -2,6 +2,8 @@
 // bit-identical codes embedded and over the wire (rows and statistics uploads); every malformed
 // stream gets its exact status code and the server keeps serving; auth, TLS and mTLS; cancellation
 // and deadlines; results survive a restart; and the real binary drains on SIGTERM.
+#include "server/server.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -18,17 +20,16 @@
 #include <thread>
 
 #include "client/remote.h"
-#include "core/verify.h"
-#include "grpc/health/v1/health.grpc.pb.h"
 #include "core/test_util.h"
+#include "core/verify.h"
+#include "formats/result_file.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "gtest/gtest.h"
 #include "proto/convert.h"
-#include "formats/result_file.h"
 #include "server/limits.h"
 #include "server/replicas.h"
-#include "server/server.h"
 #include "tests/server_test_util.h"
 
 namespace axeq {
@@ -69,7 +70,8 @@ TEST(ServerConformance, RemoteEqualsEmbeddedBitForBit) {
         auto ls = client->Quantize(l);
         ASSERT_TRUE(ls.ok()) << ls.status();
         EXPECT_EQ(ls->codes, local.codes);
-        EXPECT_EQ(ls->report.relative_error_quantized_inputs, local.report.relative_error_quantized_inputs);
+        EXPECT_EQ(ls->report.relative_error_quantized_inputs,
+                  local.report.relative_error_quantized_inputs);
       }
 }
 
@@ -79,7 +81,9 @@ TEST(ServerConformance, ProgressCoversTheUploadThenTheJob) {
   std::mt19937_64 rng(testing::TestSeed(1203));
   Case c = MakeCase(rng, Algorithm::kGpfq, 0, false);
   std::vector<std::pair<std::string, double>> events;
-  auto r = ClientFor((*srv)->port())->Quantize(Remote(c), [&](double f, const std::string& s) { events.emplace_back(s, f); });
+  auto r = ClientFor((*srv)->port())->Quantize(Remote(c), [&](double f, const std::string& s) {
+    events.emplace_back(s, f);
+  });
   ASSERT_TRUE(r.ok()) << r.status();
   // Upload progress: non-decreasing, ending at exactly 1, before the job is queued (only the
   // server's RECEIVING may come earlier); then server states, ending in SUCCEEDED.
@@ -92,8 +96,11 @@ TEST(ServerConformance, ProgressCoversTheUploadThenTheJob) {
     if (prev == 1.0 && done == events.size()) done = i;
   }
   ASSERT_LT(done, events.size()) << "no UPLOADING event reached 1";
-  for (size_t i = 0; i < done; ++i) EXPECT_TRUE(events[i].first == "UPLOADING" || events[i].first == "JOB_STATE_RECEIVING") << events[i].first;
-  for (size_t i = done + 1; i < events.size(); ++i) EXPECT_EQ(events[i].first.rfind("JOB_STATE_", 0), 0u) << events[i].first;
+  for (size_t i = 0; i < done; ++i)
+    EXPECT_TRUE(events[i].first == "UPLOADING" || events[i].first == "JOB_STATE_RECEIVING")
+        << events[i].first;
+  for (size_t i = done + 1; i < events.size(); ++i)
+    EXPECT_EQ(events[i].first.rfind("JOB_STATE_", 0), 0u) << events[i].first;
   EXPECT_EQ(events.back().first, "JOB_STATE_SUCCEEDED");
 }
 
@@ -123,7 +130,6 @@ TEST(ServerConformance, WeightsFromAStridedViewAreSentAsTheirValues) {
   EXPECT_EQ(a->codes, Embedded(c).codes);
 }
 
-
 TEST(ServerBadInput, EachMalformedStreamGetsItsCodeAndTheServerKeepsServing) {
   auto opts = Plain();
   opts.jobs.memory_budget_bytes = 64 << 20;
@@ -142,54 +148,116 @@ TEST(ServerBadInput, EachMalformedStreamGetsItsCodeAndTheServerKeepsServing) {
       {"empty stream", [](RawCall&) {}, grpc::StatusCode::INVALID_ARGUMENT, "header"},
       {"chunk before header", [&](RawCall& r) { r.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 0, w)); },
        grpc::StatusCode::INVALID_ARGUMENT, "first upload message"},
-      {"zero channels", [&](RawCall& r) { r.Send(Header(0, k)); }, grpc::StatusCode::INVALID_ARGUMENT, "output_channels"},
-      {"absurd bit width", [&](RawCall& r) { auto h = Header(c, k); h.mutable_header()->mutable_config()->set_weight_bits(12); r.Send(h); },
+      {"zero channels", [&](RawCall& r) { r.Send(Header(0, k)); },
+       grpc::StatusCode::INVALID_ARGUMENT, "output_channels"},
+      {"absurd bit width",
+       [&](RawCall& r) {
+         auto h = Header(c, k);
+         h.mutable_header()->mutable_config()->set_weight_bits(12);
+         r.Send(h);
+       },
        grpc::StatusCode::INVALID_ARGUMENT, "weight_bits"},
-      {"activation bits disagree", [&](RawCall& r) { auto h = Header(c, k); h.mutable_header()->mutable_activations()->set_bits(4); r.Send(h); },
+      {"activation bits disagree",
+       [&](RawCall& r) {
+         auto h = Header(c, k);
+         h.mutable_header()->mutable_activations()->set_bits(4);
+         r.Send(h);
+       },
        grpc::StatusCode::INVALID_ARGUMENT, "activations"},
-      {"second header", [&](RawCall& r) { r.Send(Header(c, k)); r.Send(Header(c, k)); }, grpc::StatusCode::INVALID_ARGUMENT, "second header"},
-      {"out of order", [&](RawCall& r) { r.Send(Header(c, k)); r.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 8, std::vector<float>(8, 1))); },
+      {"second header",
+       [&](RawCall& r) {
+         r.Send(Header(c, k));
+         r.Send(Header(c, k));
+       },
+       grpc::StatusCode::INVALID_ARGUMENT, "second header"},
+      {"out of order",
+       [&](RawCall& r) {
+         r.Send(Header(c, k));
+         r.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 8, std::vector<float>(8, 1)));
+       },
        grpc::StatusCode::INVALID_ARGUMENT, "out of order"},
-      {"duplicate", [&](RawCall& r) {
+      {"duplicate",
+       [&](RawCall& r) {
          r.Send(Header(c, k));
          r.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 0, std::vector<float>(8, 1)));
          r.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 0, std::vector<float>(8, 1)));
-       }, grpc::StatusCode::INVALID_ARGUMENT, "expected offset 8"},
-      {"beyond the tensor", [&](RawCall& r) { r.Send(Header(c, k)); r.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 0, std::vector<float>(40, 1))); },
+       },
+       grpc::StatusCode::INVALID_ARGUMENT, "expected offset 8"},
+      {"beyond the tensor",
+       [&](RawCall& r) {
+         r.Send(Header(c, k));
+         r.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 0, std::vector<float>(40, 1)));
+       },
        grpc::StatusCode::INVALID_ARGUMENT, "beyond"},
-      {"NaN", [&](RawCall& r) { auto bad = w; bad[5] = std::nanf(""); r.Send(Header(c, k)); r.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 0, bad)); },
+      {"NaN",
+       [&](RawCall& r) {
+         auto bad = w;
+         bad[5] = std::nanf("");
+         r.Send(Header(c, k));
+         r.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 0, bad));
+       },
        grpc::StatusCode::INVALID_ARGUMENT, "element 5"},
-      {"unexpected tensor", [&](RawCall& r) { r.Send(Header(c, k)); r.Send(Tensor(v1::TENSOR_KIND_BIAS, 0, std::vector<float>(4, 1))); },
+      {"unexpected tensor",
+       [&](RawCall& r) {
+         r.Send(Header(c, k));
+         r.Send(Tensor(v1::TENSOR_KIND_BIAS, 0, std::vector<float>(4, 1)));
+       },
        grpc::StatusCode::INVALID_ARGUMENT, "not expected"},
-      {"oversized chunk", [&](RawCall& r) { r.Send(Header(c, k)); r.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 0, std::vector<float>(5 << 18, 1))); },
+      {"oversized chunk",
+       [&](RawCall& r) {
+         r.Send(Header(c, k));
+         r.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 0, std::vector<float>(5 << 18, 1)));
+       },
        grpc::StatusCode::INVALID_ARGUMENT, "4 MiB"},
-      {"message over the limit", [&](RawCall& r) { r.Send(Header(c, k)); r.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 0, std::vector<float>(3 << 20, 1))); },
+      {"message over the limit",
+       [&](RawCall& r) {
+         r.Send(Header(c, k));
+         r.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 0, std::vector<float>(3 << 20, 1)));
+       },
        grpc::StatusCode::RESOURCE_EXHAUSTED, "larger than max"},
-      {"missing chunks", [&](RawCall& r) { r.Send(Header(c, k)); r.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 0, w)); r.Send(Commit(1)); },
+      {"missing chunks",
+       [&](RawCall& r) {
+         r.Send(Header(c, k));
+         r.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 0, w));
+         r.Send(Commit(1));
+       },
        grpc::StatusCode::FAILED_PRECONDITION, "GRAM has 0 of 64"},
-      {"commit count", [&](RawCall& r) { r.Send(Header(c, k)); r.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 0, w)); r.Send(Commit(7)); },
+      {"commit count",
+       [&](RawCall& r) {
+         r.Send(Header(c, k));
+         r.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 0, w));
+         r.Send(Commit(7));
+       },
        grpc::StatusCode::INVALID_ARGUMENT, "announces 7"},
-      {"truncated", [&](RawCall& r) { r.Send(Header(c, k)); r.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 0, w)); },
+      {"truncated",
+       [&](RawCall& r) {
+         r.Send(Header(c, k));
+         r.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 0, w));
+       },
        grpc::StatusCode::INVALID_ARGUMENT, "truncated"},
-      {"infeasible budget", [&](RawCall& r) {
+      {"infeasible budget",
+       [&](RawCall& r) {
          auto h = Header(c, k);
          h.mutable_header()->mutable_config()->set_accumulator_bits(8);
          r.Send(h);
          r.Send(Tensor(v1::TENSOR_KIND_WEIGHT, 0, w));
          r.Send(Tensor(v1::TENSOR_KIND_GRAM, 0, g));
          r.Send(Commit(2));
-       }, grpc::StatusCode::FAILED_PRECONDITION, "cannot hold"},
-      {"over the whole memory budget", [&](RawCall& r) { r.Send(Header(4096, 4096)); }, grpc::StatusCode::FAILED_PRECONDITION,
-       "whole memory budget of 64 MiB"},
+       },
+       grpc::StatusCode::FAILED_PRECONDITION, "cannot hold"},
+      {"over the whole memory budget", [&](RawCall& r) { r.Send(Header(4096, 4096)); },
+       grpc::StatusCode::FAILED_PRECONDITION, "whole memory budget of 64 MiB"},
   };
   for (auto& b : cases) {
     RawCall call(port);
     b.send(call);
     grpc::Status s = call.Finish();
     EXPECT_EQ(s.error_code(), b.code) << b.what << ": " << s.error_message();
-    EXPECT_NE(s.error_message().find(b.message_part), std::string::npos) << b.what << ": " << s.error_message();
+    EXPECT_NE(s.error_message().find(b.message_part), std::string::npos)
+        << b.what << ": " << s.error_message();
     // A layer that can never fit is refused for good: no retry hint.
-    if (std::string(b.what) == "over the whole memory budget") EXPECT_TRUE(call.Trailer("axeq-retry-after-ms").empty());
+    if (std::string(b.what) == "over the whole memory budget")
+      EXPECT_TRUE(call.Trailer("axeq-retry-after-ms").empty());
     // The server still serves a good layer after every bad one.
     RawCall good(port);
     good.Send(Header(c, k));
@@ -202,16 +270,19 @@ TEST(ServerBadInput, EachMalformedStreamGetsItsCodeAndTheServerKeepsServing) {
 
 TEST(ServerAuth, TokensAndPrincipals) {
   const std::string dir = TempDir("auth");
-  std::ofstream(dir + "/tokens") << "# token principal\nalice-token-0123456789 alice\nbob-token-0123456789ab bob\n";
+  std::ofstream(dir + "/tokens")
+      << "# token principal\nalice-token-0123456789 alice\nbob-token-0123456789ab bob\n";
   auto opts = Plain();
   opts.tokens_file = dir + "/tokens";
   auto srv = Server::Start(opts);
   ASSERT_TRUE(srv.ok()) << srv.status();
   std::mt19937_64 rng(5);
   Case c = MakeCase(rng, Algorithm::kOptq, 0, false);
-  EXPECT_EQ(ClientFor((*srv)->port())->Quantize(Remote(c)).status().code(), absl::StatusCode::kUnauthenticated);
-  EXPECT_EQ(ClientFor((*srv)->port(), "wrong-token-0000000000")->Quantize(Remote(c)).status().code(),
+  EXPECT_EQ(ClientFor((*srv)->port())->Quantize(Remote(c)).status().code(),
             absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(
+      ClientFor((*srv)->port(), "wrong-token-0000000000")->Quantize(Remote(c)).status().code(),
+      absl::StatusCode::kUnauthenticated);
   auto alice = ClientFor((*srv)->port(), "alice-token-0123456789");
   auto r = alice->Quantize(Remote(c));
   ASSERT_TRUE(r.ok()) << r.status();
@@ -225,7 +296,6 @@ TEST(ServerAuth, TokensAndPrincipals) {
   EXPECT_EQ(again->codes, r->codes);
   EXPECT_EQ(alice->Fetch("no-such-job").status().code(), absl::StatusCode::kNotFound);
 }
-
 
 TEST(ServerTls, TlsAndMutualTls) {
   const std::string d = TempDir("tls");
@@ -245,14 +315,16 @@ TEST(ServerTls, TlsAndMutualTls) {
   EXPECT_TRUE((*RemoteClient::Connect(ro))->Quantize(Remote(c)).ok());
   RemoteOptions plain = ro;
   plain.tls_ca_file.clear();
-  EXPECT_EQ((*RemoteClient::Connect(plain))->Quantize(Remote(c)).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ((*RemoteClient::Connect(plain))->Quantize(Remote(c)).status().code(),
+            absl::StatusCode::kUnavailable);
   // mTLS: the server requires a client certificate signed by its CA.
   auto mopts = opts;
   mopts.tls_client_ca_file = d + "/ca.pem";
   auto msrv = Server::Start(mopts);
   ASSERT_TRUE(msrv.ok()) << msrv.status();
   ro.address = "localhost:" + std::to_string((*msrv)->port());
-  EXPECT_EQ((*RemoteClient::Connect(ro))->Quantize(Remote(c)).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ((*RemoteClient::Connect(ro))->Quantize(Remote(c)).status().code(),
+            absl::StatusCode::kUnavailable);
   ro.tls_cert_file = d + "/client.pem";
   ro.tls_key_file = d + "/client.key";
   auto r = (*RemoteClient::Connect(ro))->Quantize(Remote(c));
@@ -309,7 +381,8 @@ TEST(ServerCancel, ClientCancelAndDeadlineStopTheJob) {
   l.detach = true;
   ro.deadline_seconds = 60;
   auto client = *RemoteClient::Connect(ro);
-  std::thread runner([&] { EXPECT_EQ(client->Quantize(l).status().code(), absl::StatusCode::kCancelled); });
+  std::thread runner(
+      [&] { EXPECT_EQ(client->Quantize(l).status().code(), absl::StatusCode::kCancelled); });
   std::string id;
   for (int i = 0; i < 100 && id.empty(); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -353,12 +426,13 @@ TEST(ServerDurability, ResultsSurviveARestart) {
   ASSERT_TRUE(a.ok() && b.ok());
   EXPECT_EQ(a->run.job_id, b->run.job_id);
   l.options.accumulator.bits = 18;
-  EXPECT_EQ(ClientFor((*srv)->port())->Quantize(l).status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(ClientFor((*srv)->port())->Quantize(l).status().code(),
+            absl::StatusCode::kAlreadyExists);
 }
 
 std::string HttpGet(int port, const std::string& path) {
-  const std::string cmd = "exec 3<>/dev/tcp/127.0.0.1/" + std::to_string(port) + " && printf 'GET " + path +
-                          " HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3";
+  const std::string cmd = "exec 3<>/dev/tcp/127.0.0.1/" + std::to_string(port) +
+                          " && printf 'GET " + path + " HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3";
   std::string out;
   FILE* p = popen(("bash -c \"" + cmd + "\"").c_str(), "r");
   char buf[4096];
@@ -421,13 +495,15 @@ TEST(ServerOps, MetricsHealthAndDrain) {
   EXPECT_EQ(bad.Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   ASSERT_GT((*srv)->metrics_port(), 0);
   const std::string m = HttpGet((*srv)->metrics_port(), "/metrics");
-  for (const char* want : {"axeq_rpc_requests_total{code=\"OK\",method=\"Quantize\"} 1",
-                           "axeq_rpc_requests_total{code=\"INVALID_ARGUMENT\",method=\"Quantize\"} 1",
-                           "axeq_certificates_total{verdict=\"safe\"} 1", "axeq_layer_duration_seconds_count 1",
-                           "axeq_queue_depth 0", "axeq_inflight_bytes 0", "axeq_received_bytes_total",
-                           "axeq_jobs_total{state=\"JOB_STATE_SUCCEEDED\"} 1", "axeq_worker_utilisation_ratio"})
+  for (const char* want :
+       {"axeq_rpc_requests_total{code=\"OK\",method=\"Quantize\"} 1",
+        "axeq_rpc_requests_total{code=\"INVALID_ARGUMENT\",method=\"Quantize\"} 1",
+        "axeq_certificates_total{verdict=\"safe\"} 1", "axeq_layer_duration_seconds_count 1",
+        "axeq_queue_depth 0", "axeq_inflight_bytes 0", "axeq_received_bytes_total",
+        "axeq_jobs_total{state=\"JOB_STATE_SUCCEEDED\"} 1", "axeq_worker_utilisation_ratio"})
     EXPECT_NE(m.find(want), std::string::npos) << want << "\n" << m.substr(0, 3000);
-  EXPECT_NE(m.find("axeq_memory_releases_total 0"), std::string::npos) << "released before the idle period";
+  EXPECT_NE(m.find("axeq_memory_releases_total 0"), std::string::npos)
+      << "released before the idle period";
   // Draining: health turns NOT_SERVING before the server stops accepting.
   std::thread drain([&] { (*srv)->Drain(std::chrono::milliseconds(500)); });
   bool not_serving = false;
@@ -442,13 +518,15 @@ TEST(ServerOps, MetricsHealthAndDrain) {
 // One grpc.reflection.v1alpha exchange, hand-encoded (the stubs live inside libgrpc++_reflection
 // without installed headers): returns the raw ServerReflectionResponse bytes.
 std::string Reflect(int port, int field, const std::string& value) {
-  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials());
+  auto channel =
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials());
   grpc::internal::RpcMethod method("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
                                    grpc::internal::RpcMethod::BIDI_STREAMING);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>> stream(
-      grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(channel.get(), method, &ctx));
+      grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(
+          channel.get(), method, &ctx));
   std::string req = {static_cast<char>((field << 3) | 2), static_cast<char>(value.size())};
   req += value;
   grpc::Slice slice(req);
@@ -475,7 +553,8 @@ TEST(ServerOps, ReflectionDescribesTheServices) {
   // file_containing_symbol (field 4): the contract's descriptor, with Quantize's real message types
   // (the server reads Quantize as raw buffers, but it describes the typed contract).
   const std::string file = Reflect((*srv)->port(), 4, "axeq.v1.Quantizer");
-  for (const char* want : {"axeq/v1/axeq.proto", "UploadRequest", "JobEvent", "Quantize", "TensorChunk"})
+  for (const char* want :
+       {"axeq/v1/axeq.proto", "UploadRequest", "JobEvent", "Quantize", "TensorChunk"})
     EXPECT_NE(file.find(want), std::string::npos) << want;
 }
 
@@ -502,7 +581,8 @@ TEST(ServerDurability, RetentionKeepsTheNewestWithinTheSizeLimit) {
   absl::StatusCode first = absl::StatusCode::kOk;
   for (int i = 0; i < 100; ++i) {
     files = 0;
-    for (const auto& e : fs::directory_iterator(dir)) files += e.path().string().find(".axeqjob.") != std::string::npos;
+    for (const auto& e : fs::directory_iterator(dir))
+      files += e.path().string().find(".axeqjob.") != std::string::npos;
     first = ClientFor((*srv)->port())->Fetch(ids[0]).status().code();
     if (files <= 1 && first == absl::StatusCode::kNotFound) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -519,13 +599,15 @@ TEST(ServerBinary, DrainsOnSigterm) {
   const pid_t pid = fork();
   if (pid == 0) {
     freopen(log.c_str(), "w", stderr);
-    execl(bin, bin, "--address", "127.0.0.1:0", "--insecure", "--grace-seconds", "5", "--drain-delay-seconds", "0.2", nullptr);
+    execl(bin, bin, "--address", "127.0.0.1:0", "--insecure", "--grace-seconds", "5",
+          "--drain-delay-seconds", "0.2", nullptr);
     _exit(127);
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(800));
   ASSERT_EQ(kill(pid, SIGTERM), 0);
   int status = 0;
-  for (int i = 0; i < 100 && waitpid(pid, &status, WNOHANG) == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  for (int i = 0; i < 100 && waitpid(pid, &status, WNOHANG) == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
   ASSERT_TRUE(WIFEXITED(status)) << "server did not exit after SIGTERM";
   EXPECT_EQ(WEXITSTATUS(status), 0);
   std::ifstream in(log);
@@ -552,8 +634,10 @@ v1::UploadRequest RowsHeader(int64_t c, int64_t k) {
 }
 
 // The last event of Watch(id), or the call's error.
-absl::StatusOr<v1::JobEvent> WatchLast(int port, const std::string& id, bool include_result = false) {
-  auto stub = v1::Quantizer::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+absl::StatusOr<v1::JobEvent> WatchLast(int port, const std::string& id,
+                                       bool include_result = false) {
+  auto stub = v1::Quantizer::NewStub(
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
   v1::WatchRequest req;
@@ -578,17 +662,21 @@ TEST(ServerAdmission, HostileHeadersAnswerClearCodesWithoutAllocating) {
     grpc::StatusCode code;
     const char* message_part;
   };
-  for (const Hostile& h : {Hostile{RowsHeader(1, 16384), grpc::StatusCode::FAILED_PRECONDITION, "whole memory budget of 1024 MiB"},
-                           Hostile{RowsHeader(1, 131072), grpc::StatusCode::FAILED_PRECONDITION, "whole memory budget"},
-                           Hostile{Header(1, 131072), grpc::StatusCode::FAILED_PRECONDITION, "MiB"},
-                           Hostile{Header(8192, 8192), grpc::StatusCode::FAILED_PRECONDITION, "MiB at its peak"},
-                           Hostile{Header(1, 262144), grpc::StatusCode::INVALID_ARGUMENT, "header.inputs"}}) {
+  for (const Hostile& h :
+       {Hostile{RowsHeader(1, 16384), grpc::StatusCode::FAILED_PRECONDITION,
+                "whole memory budget of 1024 MiB"},
+        Hostile{RowsHeader(1, 131072), grpc::StatusCode::FAILED_PRECONDITION,
+                "whole memory budget"},
+        Hostile{Header(1, 131072), grpc::StatusCode::FAILED_PRECONDITION, "MiB"},
+        Hostile{Header(8192, 8192), grpc::StatusCode::FAILED_PRECONDITION, "MiB at its peak"},
+        Hostile{Header(1, 262144), grpc::StatusCode::INVALID_ARGUMENT, "header.inputs"}}) {
     RawCall call((*srv)->port());
     call.Send(h.header);
     const grpc::Status s = call.Finish();
     EXPECT_EQ(s.error_code(), h.code) << h.header.header().inputs() << ": " << s.error_message();
     EXPECT_NE(s.error_message().find(h.message_part), std::string::npos) << s.error_message();
-    EXPECT_TRUE(call.Trailer("axeq-retry-after-ms").empty()) << "a permanent refusal must not invite retries";
+    EXPECT_TRUE(call.Trailer("axeq-retry-after-ms").empty())
+        << "a permanent refusal must not invite retries";
   }
   const long delta_mb = (PeakRssKb() - rss0) / 1024;
   std::printf("hostile headers: peak RSS delta %ld MiB\n", delta_mb);
@@ -616,7 +704,8 @@ TEST(ServerAdmission, ConcurrentUploadsCannotExceedTheQueueLimit) {
     const grpc::Status s = c->Finish();
     EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
     EXPECT_NE(s.error_message().find("limit 2"), std::string::npos) << s.error_message();
-    EXPECT_FALSE(c->Trailer("axeq-retry-after-ms").empty()) << "a full queue is transient: retry later";
+    EXPECT_FALSE(c->Trailer("axeq-retry-after-ms").empty())
+        << "a full queue is transient: retry later";
     ++refused;
   }
   EXPECT_EQ(admitted, 2);
@@ -696,7 +785,8 @@ TEST(ServerState, FinishedJobsLeaveMemoryAndRejectedUploadsLeaveNoRecord) {
   for (const auto& j : *list) EXPECT_EQ(j.state(), v1::JOB_STATE_SUCCEEDED) << j.job_id();
   EXPECT_EQ(client->Fetch(ids[0]).status().code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE(client->Fetch(ids[3]).ok());
-  EXPECT_EQ(client->Fetch(std::string(200, 'a')).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(client->Fetch(std::string(200, 'a')).status().code(),
+            absl::StatusCode::kInvalidArgument);
   // Idempotency keys are bounded.
   const Case keyed = MakeCase(rng, Algorithm::kOptq, 0, false);  // outlives the view below
   RemoteLayer l = Remote(keyed);
@@ -750,11 +840,13 @@ TEST(ServerDurability, LostJobsAnswerAbortedAndUnknownIdsNotFound) {
   const auto lost = client->Fetch(id).status();
   EXPECT_EQ(lost.code(), absl::StatusCode::kAborted) << lost;
   EXPECT_NE(lost.message().find("resubmit"), std::string::npos) << lost;
-  EXPECT_EQ(client->Fetch("r1-" + std::string(32, '0')).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(client->Fetch("r1-" + std::string(32, '0')).status().code(),
+            absl::StatusCode::kNotFound);
   EXPECT_EQ(client->Fetch("no-such-job").status().code(), absl::StatusCode::kNotFound);
 }
 
-// A detached job that runs for seconds (float64, block 1), started through `client`; returns its id.
+// A detached job that runs for seconds (float64, block 1), started through `client`; returns its
+// id.
 std::string StartBigJob(RemoteClient* client, std::thread* runner, absl::StatusCode* code) {
   *runner = std::thread([client, code] {
     RemoteLayer l{"big", Big().w};
@@ -803,18 +895,21 @@ TEST(ServerCancel, CancelAnswersCancellingAndDeadlinesRecordDeadlineExceeded) {
   ro.address = "127.0.0.1:" + std::to_string((*srv)->port());
   ro.max_attempts = 1;
   ro.deadline_seconds = 3;  // the upload (48 MB) arrives first, then the job runs into the deadline
-  EXPECT_EQ((*RemoteClient::Connect(ro))->Quantize(l).status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ((*RemoteClient::Connect(ro))->Quantize(l).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
   std::string deadline_id;
   for (int i = 0; i < 200 && deadline_id.empty(); ++i) {
     const auto list = client->List();
     for (const auto& j : *list)
-      if (j.layer_name() == "deadline" && j.state() == v1::JOB_STATE_CANCELLED) deadline_id = j.job_id();
+      if (j.layer_name() == "deadline" && j.state() == v1::JOB_STATE_CANCELLED)
+        deadline_id = j.job_id();
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   ASSERT_FALSE(deadline_id.empty());
   last = WatchLast((*srv)->port(), deadline_id);
   ASSERT_TRUE(last.ok()) << last.status();
-  EXPECT_EQ(last->finished().code(), static_cast<int>(absl::StatusCode::kDeadlineExceeded)) << last->finished().message();
+  EXPECT_EQ(last->finished().code(), static_cast<int>(absl::StatusCode::kDeadlineExceeded))
+      << last->finished().message();
 }
 
 TEST(ServerCancel, JobsStoppedByADrainAnswerUnavailable) {
@@ -876,7 +971,9 @@ int FreePort() {
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   socklen_t n = sizeof(a);
-  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || getsockname(fd, reinterpret_cast<sockaddr*>(&a), &n) != 0) return 0;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &n) != 0)
+    return 0;
   close(fd);
   return ntohs(a.sin_port);
 }
@@ -910,10 +1007,24 @@ TEST(ServerReplicas, FetchByIdThroughAnyReplicaAndAfterTheOwnerRestarts) {
   ASSERT_NE(std::getenv("AXEQ_SERVER_BIN"), nullptr) << "AXEQ_SERVER_BIN not set";
   const std::string d = TempDir("replicas");
   const int pa = FreePort(), pb = FreePort();
-  const std::string peers = "a=127.0.0.1:" + std::to_string(pa) + ",b=127.0.0.1:" + std::to_string(pb);
+  const std::string peers =
+      "a=127.0.0.1:" + std::to_string(pa) + ",b=127.0.0.1:" + std::to_string(pb);
   auto args = [&](const std::string& r, int port) {
-    return std::vector<std::string>{"--address", "127.0.0.1:" + std::to_string(port), "--insecure", "--replica-id", r, "--peers", peers,
-                                    "--results-dir", d + "/" + r, "--drain-delay-seconds", "0", "--workers", "1", "--compute-threads", "1"};
+    return std::vector<std::string>{"--address",
+                                    "127.0.0.1:" + std::to_string(port),
+                                    "--insecure",
+                                    "--replica-id",
+                                    r,
+                                    "--peers",
+                                    peers,
+                                    "--results-dir",
+                                    d + "/" + r,
+                                    "--drain-delay-seconds",
+                                    "0",
+                                    "--workers",
+                                    "1",
+                                    "--compute-threads",
+                                    "1"};
   };
   pid_t a = SpawnServer(args("a", pa), d + "/a.log");
   const pid_t b = SpawnServer(args("b", pb), d + "/b.log");
@@ -951,7 +1062,8 @@ TEST(ServerReplicas, FetchByIdThroughAnyReplicaAndAfterTheOwnerRestarts) {
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_EQ(after->codes, r->codes);
   EXPECT_TRUE(VerifyCertificate(after->codes, after->certificate).ok());
-  EXPECT_EQ(ClientFor(pb)->Fetch("a-" + std::string(32, '0')).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(ClientFor(pb)->Fetch("a-" + std::string(32, '0')).status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 }  // namespace

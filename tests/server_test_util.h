@@ -90,18 +90,23 @@ inline RemoteLayer Remote(const Case& c) {
   return l;
 }
 
-inline bool Shell(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()) == 0; }
+inline bool Shell(const std::string& cmd) {
+  return std::system((cmd + " >/dev/null 2>&1").c_str()) == 0;
+}
 
 // Makes a CA (ca.pem, ca.key) in `d` and certificates it signs: server.{pem,key} for localhost and
 // 127.0.0.1, client.{pem,key}. False when openssl fails.
 inline bool MakeTestCertificates(const std::string& d) {
-  if (!Shell("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=axeq-ca -keyout " + d + "/ca.key -out " + d + "/ca.pem"))
+  if (!Shell("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=axeq-ca -keyout " + d +
+             "/ca.key -out " + d + "/ca.pem"))
     return false;
   auto sign = [&](const std::string& name, const std::string& san) {
     std::ofstream(d + "/" + name + ".ext") << "subjectAltName=" << san << "\n";
-    return Shell("openssl req -newkey rsa:2048 -nodes -subj /CN=" + name + " -keyout " + d + "/" + name + ".key -out " + d + "/" + name + ".csr") &&
-           Shell("openssl x509 -req -in " + d + "/" + name + ".csr -CA " + d + "/ca.pem -CAkey " + d + "/ca.key -CAcreateserial -days 1 -extfile " +
-               d + "/" + name + ".ext -out " + d + "/" + name + ".pem");
+    return Shell("openssl req -newkey rsa:2048 -nodes -subj /CN=" + name + " -keyout " + d + "/" +
+                 name + ".key -out " + d + "/" + name + ".csr") &&
+           Shell("openssl x509 -req -in " + d + "/" + name + ".csr -CA " + d + "/ca.pem -CAkey " +
+                 d + "/ca.key -CAcreateserial -days 1 -extfile " + d + "/" + name + ".ext -out " +
+                 d + "/" + name + ".pem");
   };
   return sign("server", "DNS:localhost,IP:127.0.0.1") && sign("client", "DNS:client");
 }
@@ -110,10 +115,12 @@ inline bool MakeTestCertificates(const std::string& d) {
 class RawCall {
  public:
   explicit RawCall(int port, const std::string& token = "", double deadline_seconds = 30) {
-    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials());
+    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
+                                   grpc::InsecureChannelCredentials());
     stub_ = v1::Quantizer::NewStub(channel_);
     if (!token.empty()) ctx_.AddMetadata("authorization", "Bearer " + token);
-    ctx_.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(deadline_seconds * 1000)));
+    ctx_.set_deadline(std::chrono::system_clock::now() +
+                      std::chrono::milliseconds(static_cast<int64_t>(deadline_seconds * 1000)));
     stream_ = stub_->Quantize(&ctx_);
   }
   void Send(const v1::UploadRequest& r) { stream_->Write(r); }

@@ -105,24 +105,17 @@ SweepPoint SweepPoint::FromJson(const nlohmann::json& j) {
   return p;
 }
 
-absl::StatusOr<SweepResult> RunSweep(
-    const std::string& model_path, const std::string& calibration_path, const SweepOptions& o,
-    Engine* engine, const std::function<void(int, int, const std::string&)>& progress) {
-  SafetensorsFile model, cal;
-  AXEQ_ASSIGN_OR_RETURN(model, ReadSafetensors(model_path));
-  AXEQ_ASSIGN_OR_RETURN(cal, ReadSafetensors(calibration_path));
-  std::string model_sha, cal_sha;
-  AXEQ_ASSIGN_OR_RETURN(model_sha, FileSha256(model_path));
-  AXEQ_ASSIGN_OR_RETURN(cal_sha, FileSha256(calibration_path));
-  int64_t max_k = 0;
-  for (const auto& [key, t] : model.tensors)
-    if (t.shape.size() == 2 && key.size() > 7 && key.compare(key.size() - 7, 7, ".weight") == 0)
-      max_k = std::max<int64_t>(max_k, t.shape[1]);
-  struct Todo {
-    std::string method;
-    int p, m, n;
-  };
-  std::vector<Todo> todo;
+namespace {
+
+struct SweepTodo {
+  std::string method;
+  int p, m, n;
+};
+
+// The grid points to run: methods x P x M x N, minus N < M (unless allowed), naive points whose
+// data-type bound exceeds P on the widest layer (max_k) and AXE points with no feasible budget.
+absl::StatusOr<std::vector<SweepTodo>> PlanSweep(const SweepOptions& o, int64_t max_k) {
+  std::vector<SweepTodo> todo;
   for (const auto& method : o.methods) {
     if (method != "axe" && method != "naive" && method != "ep-init" && method != "rtz" &&
         method != "hco")
@@ -143,36 +136,89 @@ absl::StatusOr<SweepResult> RunSweep(
           todo.push_back({method, p, m, n});
         }
   }
+  return todo;
+}
+
+JobOptions PointJob(const SweepOptions& o, const SweepTodo& t) {
+  JobOptions jo = o.job;
+  jo.layer.weights.bits = t.m;
+  jo.layer.inputs.bits = t.n;
+  jo.layer.accumulator.bits = t.p;
+  jo.layer.method = t.method == "naive"     ? Method::kNaive
+                    : t.method == "ep-init" ? Method::kEpInit
+                                            : Method::kAxe;
+  jo.layer.rounding = t.method == "rtz" ? Rounding::kToZero : Rounding::kNearest;
+  jo.layer.soft_threshold = t.method != "hco";
+  return jo;
+}
+
+// The cache key of a point: the inputs' digests and every option that changes its result.
+std::string PointFingerprint(const std::string& model_sha, const std::string& cal_sha,
+                             const SweepOptions& o, const SweepTodo& t, const JobOptions& jo) {
+  const nlohmann::json config = {
+      {"model", model_sha},
+      {"calibration", cal_sha},
+      {"method", t.method},
+      {"options",
+       nlohmann::json::parse(absl::StrFormat(
+           R"({"alg":%d,"p":%d,"m":%d,"n":%d,"t":%d,"g":%d,"s":%d,"full":%d,)"
+           R"("lo":%g,"hi":%g,"twos":%d})",
+           static_cast<int>(jo.layer.algorithm), t.p, t.m, t.n, jo.layer.accumulator.tile_size,
+           jo.layer.weights.group_size, jo.layer.inputs.is_signed,
+           jo.layer.weights.alphabet == WeightAlphabet::kFull,
+           jo.activation_calibration.low_percentile, jo.activation_calibration.high_percentile,
+           jo.layer.accumulator.twos_complement))},
+      {"range", static_cast<int>(jo.activation_calibration.method)},
+      {"layers", jo.layers},
+      {"eval", o.eval_command},
+      {"version", 2}};
+  return Sha256Hex(config.dump());
+}
+
+// Error, sparsity, certificate and accumulator-width figures of one point's layers.
+SweepPoint Summarize(const SweepTodo& t, const std::vector<QuantizedLayer>& layers) {
+  SweepPoint pt{t.method, t.p, t.m, t.n};
+  int64_t zeros = 0, total = 0;
+  pt.certified = true;
+  for (const auto& r : layers) {
+    pt.error_sum += r.report.relative_error;
+    zeros += static_cast<int64_t>((r.codes.array() == 0).count());
+    total += r.codes.size();
+    pt.min_outer_bits = std::max(pt.min_outer_bits, r.certificate.min_outer_accumulator_bits);
+    pt.min_inner_bits = std::max(pt.min_inner_bits, r.certificate.min_accumulator_bits);
+    pt.certified = pt.certified && r.certificate.safe;
+    for (const auto& ch : r.certificate.channels)
+      ++pt.channel_bits[r.name][MinAccumulatorBits(ch.lo, ch.hi,
+                                                   r.certificate.accumulator.twos_complement)];
+  }
+  pt.sparsity = total ? static_cast<double>(zeros) / total : 0;
+  pt.quality = pt.error_sum;
+  return pt;
+}
+
+}  // namespace
+
+absl::StatusOr<SweepResult> RunSweep(
+    const std::string& model_path, const std::string& calibration_path, const SweepOptions& o,
+    Engine* engine, const std::function<void(int, int, const std::string&)>& progress) {
+  SafetensorsFile model, cal;
+  AXEQ_ASSIGN_OR_RETURN(model, ReadSafetensors(model_path));
+  AXEQ_ASSIGN_OR_RETURN(cal, ReadSafetensors(calibration_path));
+  std::string model_sha, cal_sha;
+  AXEQ_ASSIGN_OR_RETURN(model_sha, FileSha256(model_path));
+  AXEQ_ASSIGN_OR_RETURN(cal_sha, FileSha256(calibration_path));
+  int64_t max_k = 0;
+  for (const auto& [key, t] : model.tensors)
+    if (t.shape.size() == 2 && key.size() > 7 && key.compare(key.size() - 7, 7, ".weight") == 0)
+      max_k = std::max<int64_t>(max_k, t.shape[1]);
+  std::vector<SweepTodo> todo;
+  AXEQ_ASSIGN_OR_RETURN(todo, PlanSweep(o, max_k));
   if (!o.cache_dir.empty()) fs::create_directories(o.cache_dir);
   SweepResult out;
   for (size_t i = 0; i < todo.size(); ++i) {
-    const Todo& t = todo[i];
-    JobOptions jo = o.job;
-    jo.layer.weights.bits = t.m;
-    jo.layer.inputs.bits = t.n;
-    jo.layer.accumulator.bits = t.p;
-    jo.layer.method = t.method == "naive"     ? Method::kNaive
-                      : t.method == "ep-init" ? Method::kEpInit
-                                              : Method::kAxe;
-    jo.layer.rounding = t.method == "rtz" ? Rounding::kToZero : Rounding::kNearest;
-    jo.layer.soft_threshold = t.method != "hco";
-    const nlohmann::json config = {
-        {"model", model_sha},
-        {"calibration", cal_sha},
-        {"method", t.method},
-        {"options",
-         nlohmann::json::parse(absl::StrFormat(
-             R"({"alg":%d,"p":%d,"m":%d,"n":%d,"t":%d,"g":%d,"s":%d,"full":%d,"lo":%g,"hi":%g,"twos":%d})",
-             static_cast<int>(jo.layer.algorithm), t.p, t.m, t.n, jo.layer.accumulator.tile_size,
-             jo.layer.weights.group_size, jo.layer.inputs.is_signed,
-             jo.layer.weights.alphabet == WeightAlphabet::kFull,
-             jo.activation_calibration.low_percentile, jo.activation_calibration.high_percentile,
-             jo.layer.accumulator.twos_complement))},
-        {"range", static_cast<int>(jo.activation_calibration.method)},
-        {"layers", jo.layers},
-        {"eval", o.eval_command},
-        {"version", 2}};
-    const std::string fp = Sha256Hex(config.dump());
+    const SweepTodo& t = todo[i];
+    const JobOptions jo = PointJob(o, t);
+    const std::string fp = PointFingerprint(model_sha, cal_sha, o, t, jo);
     const std::string cache_file =
         o.cache_dir.empty() ? "" : (fs::path(o.cache_dir) / (fp + ".json")).string();
     const std::string what = absl::StrFormat("%s P=%d W%dA%d", t.method, t.p, t.m, t.n);
@@ -189,23 +235,7 @@ absl::StatusOr<SweepResult> RunSweep(
     }
     std::vector<QuantizedLayer> layers;
     AXEQ_ASSIGN_OR_RETURN(layers, RunQuantizeJob(model, cal, jo, {}, engine));
-    SweepPoint pt{t.method, t.p, t.m, t.n};
-    int64_t zeros = 0, total = 0;
-    pt.certified = true;
-    for (const auto& l : layers) {
-      const auto& r = l;
-      pt.error_sum += r.report.relative_error;
-      zeros += static_cast<int64_t>((r.codes.array() == 0).count());
-      total += r.codes.size();
-      pt.min_outer_bits = std::max(pt.min_outer_bits, r.certificate.min_outer_accumulator_bits);
-      pt.min_inner_bits = std::max(pt.min_inner_bits, r.certificate.min_accumulator_bits);
-      pt.certified = pt.certified && r.certificate.safe;
-      for (const auto& ch : r.certificate.channels)
-        ++pt.channel_bits[l.name][MinAccumulatorBits(ch.lo, ch.hi,
-                                                     r.certificate.accumulator.twos_complement)];
-    }
-    pt.sparsity = total ? static_cast<double>(zeros) / total : 0;
-    pt.quality = pt.error_sum;
+    SweepPoint pt = Summarize(t, layers);
     if (!o.eval_command.empty()) {
       const std::string path =
           (fs::path(o.work_dir) / ("axeq-sweep-" + fp.substr(0, 16) + ".safetensors")).string();

@@ -43,19 +43,24 @@ bool ReadFile(const std::string& path, const char* what, std::string* out) {
   return true;
 }
 
-// Builds the channel credentials the flags ask for; nullptr (after a message) when a file is unreadable.
+// Builds the channel credentials the flags ask for; nullptr (after a message) when a file is
+// unreadable.
 std::shared_ptr<grpc::ChannelCredentials> Credentials(const Flags& f) {
   if (f.insecure) return grpc::InsecureChannelCredentials();
   grpc::SslCredentialsOptions ssl;
   if (!f.ca_file.empty() && !ReadFile(f.ca_file, "CA", &ssl.pem_root_certs)) return nullptr;
-  if (!f.cert_file.empty() && !ReadFile(f.cert_file, "client certificate", &ssl.pem_cert_chain)) return nullptr;
-  if (!f.key_file.empty() && !ReadFile(f.key_file, "client key", &ssl.pem_private_key)) return nullptr;
+  if (!f.cert_file.empty() && !ReadFile(f.cert_file, "client certificate", &ssl.pem_cert_chain))
+    return nullptr;
+  if (!f.key_file.empty() && !ReadFile(f.key_file, "client key", &ssl.pem_private_key))
+    return nullptr;
   return grpc::SslCredentials(ssl);
 }
 
 int Probe(const Flags& f) {
   if (!f.insecure && f.ca_file.empty()) {
-    std::fprintf(stderr, "axeq-health-probe: pass --ca (the CA that signed the server certificate) or --insecure\n");
+    std::fprintf(
+        stderr,
+        "axeq-health-probe: pass --ca (the CA that signed the server certificate) or --insecure\n");
     return kFailed;
   }
   if (f.cert_file.empty() != f.key_file.empty()) {
@@ -76,8 +81,8 @@ int Probe(const Flags& f) {
   grpc::health::v1::HealthCheckResponse resp;
   const grpc::Status s = stub->Check(&ctx, req, &resp);
   if (!s.ok()) {
-    std::fprintf(stderr, "axeq-health-probe: %s: health check failed: code %d: %s\n", f.address.c_str(),
-                 static_cast<int>(s.error_code()), s.error_message().c_str());
+    std::fprintf(stderr, "axeq-health-probe: %s: health check failed: code %d: %s\n",
+                 f.address.c_str(), static_cast<int>(s.error_code()), s.error_message().c_str());
     return kFailed;
   }
   if (resp.status() != grpc::health::v1::HealthCheckResponse::SERVING && !f.any_status) {
@@ -92,17 +97,23 @@ int Probe(const Flags& f) {
 
 int main(int argc, char** argv) {
   Flags f;
-  CLI::App app{"axeq-health-probe: exit 0 when a gRPC server's grpc.health.v1 Check answers SERVING"};
+  CLI::App app{
+      "axeq-health-probe: exit 0 when a gRPC server's grpc.health.v1 Check answers SERVING"};
   app.add_option("--address", f.address, "host:port of the server")->capture_default_str();
   app.add_option("--service", f.service, "service name to check (empty: the whole server)");
-  app.add_option("--ca", f.ca_file, "PEM CA that signed the server certificate (required unless --insecure)");
+  app.add_option("--ca", f.ca_file,
+                 "PEM CA that signed the server certificate (required unless --insecure)");
   app.add_option("--cert", f.cert_file, "PEM client certificate, when the server requires mTLS");
   app.add_option("--key", f.key_file, "PEM client key, with --cert");
-  app.add_option("--server-name", f.server_name, "name to verify in the server certificate (default: the host in --address)");
+  app.add_option("--server-name", f.server_name,
+                 "name to verify in the server certificate (default: the host in --address)");
   app.add_flag("--insecure", f.insecure, "plaintext, no TLS");
-  app.add_flag("--any-status", f.any_status,
-               "exit 0 on any answer, SERVING or not (liveness: a draining server is alive, not ready)");
-  app.add_option("--timeout-seconds", f.timeout_seconds, "deadline of the check")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_flag(
+      "--any-status", f.any_status,
+      "exit 0 on any answer, SERVING or not (liveness: a draining server is alive, not ready)");
+  app.add_option("--timeout-seconds", f.timeout_seconds, "deadline of the check")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
