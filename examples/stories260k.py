@@ -252,7 +252,8 @@ def blas() -> str:
     """The BLAS library this process loaded (the figures' last bits depend on it)."""
     try:
         with open("/proc/self/maps") as f:
-            libs = {os.path.basename(line.split()[-1]) for line in f if "blas" in line}
+            libs = {os.path.relpath(line.split()[-1], "/usr/lib/x86_64-linux-gnu") if "x86_64" in line
+                    else os.path.basename(line.split()[-1]) for line in f if "blas" in line.split()[-1]}
     except OSError:
         return "BLAS unknown"
     return ", ".join(sorted(libs)) or "BLAS unknown"
