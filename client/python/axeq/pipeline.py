@@ -217,16 +217,22 @@ class _Run:
     @torch.no_grad()
     def choose(mods, block, fblock, qstream, fstream, tried) -> dict:
         """Installs and returns the trial to keep, {layer name: (result, hook)}. Several trials
-        (act_range "auto") with the float stream carried: the one whose block output, with this
-        group quantized and the later layers still float, is closest to the float block's,
-        sum ||block(X~) - fblock(X)||^2 over the first calibration batches (whole batches, until
-        AUTO_JUDGE_TOKENS tokens), the first on ties. A layer's own output error is measured on
-        its inputs, not on what the model computes next (docs/results-stories260k.md). Without
-        the float stream: per layer the least relative output error the server reports (the CLI's rule)."""
+        (act_range "auto") with the float stream carried: the one whose block output (this group
+        quantized, later layers float) is closest to the float block's, sum ||block(X~) -
+        fblock(X)||^2 over the first calibration batches (whole ones, until AUTO_JUDGE_TOKENS
+        tokens), the first on ties (docs/results-stories260k.md). Without the float stream: per
+        layer the least relative output error the server reports (the CLI's rule)."""
         if len(tried) > 1 and fblock is None:
             tried = [{n: min((t[n] for t in tried), key=lambda rh: _error_or_inf(rh[0])) for n in tried[0]}]
-        install = [{n: (torch.from_numpy(r.dequantized()), None if r.bias is None else torch.from_numpy(r.bias), hook)
+        weights = [{n: (torch.from_numpy(r.dequantized()), None if r.bias is None else torch.from_numpy(r.bias), hook)
                     for n, (r, hook) in t.items()} for t in tried]
+
+        def install(i):  # trial i's weights, biases and activation quantizers into the block
+            for n, (w, b, hook) in weights[i].items():
+                mods[n].weight.copy_(w.to(mods[n].weight))
+                if b is not None and mods[n].bias is not None:
+                    mods[n].bias.copy_(b.to(mods[n].bias))
+                install_activation_hook(mods[n], hook)
         err = [0.0] * len(tried)
         seen = 0
         for (xq, a, kw), (xf, fa, fkw) in zip(qstream, fstream) if len(tried) > 1 else ():
@@ -234,11 +240,11 @@ class _Run:
                 break
             seen += xq.shape[:-1].numel()
             y = hidden(fblock(xf, *fa, **fkw))  # one batch's output at a time
-            for i, w in enumerate(install):
-                _install(mods, w)
+            for i in range(len(tried)):
+                install(i)
                 err[i] += float((hidden(block(xq, *a, **kw)) - y).double().pow(2).sum())
         i = min(range(len(tried)), key=lambda i: (err[i], i))
-        _install(mods, install[i])
+        install(i)
         return tried[i]
 
     @torch.no_grad()
@@ -275,16 +281,6 @@ class _Run:
             self.tick("forward", t0)
         release_freed_memory()
         return qstream, fstream
-
-
-def _install(mods, chosen):
-    """Writes {layer name: (weight, bias or None, hook)} into the layers of mods."""
-    for n, (w, b, hook) in chosen.items():
-        lin = mods[n]
-        lin.weight.copy_(w.to(lin.weight))
-        if b is not None and lin.bias is not None:
-            lin.bias.copy_(b.to(lin.bias))
-        install_activation_hook(lin, hook)
 
 
 def quantize_model(model, batches, client: Client, config: Config | None = None, *, blocks=None,
