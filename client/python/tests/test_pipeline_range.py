@@ -178,11 +178,12 @@ class AutoChoiceTest(unittest.TestCase):
             with Client(f"127.0.0.1:{port}", deadline=300) as client:
                 rec = Recorder(client)
                 m = load_llama2c(test_pipeline.stories260k_path())
+                m.layers = m.layers[:1]  # block 0 is what is re-derived below
                 res = quantize_model(m, batches, rec, Config(method="base", act_range="auto"), smoothquant_alpha=None,
                                      relative_error=True, progress=False)
         finally:
             stop(proc)
-        self.assertEqual(len(res), 35)
+        self.assertEqual(len(res), 7)
         calls = {}  # group (layer names) -> its trials' results, in order
         for c in rec.calls:
             calls.setdefault(tuple(r.name for r in c), []).append(c)
