@@ -4,7 +4,8 @@ Quantizing a block true-sequentially runs the calibration set through it once pe
 (each pass stopping at the group's first layer) and once more for its output: the attention of a
 Llama block is computed four times although only its input projections change before the first
 of these passes and its output projection before the second. BlockMemo wraps the forward of every
-submodule of the block that is not an nn.Linear: a call returns the output stored by the previous
+submodule of the block that is not an nn.Linear, and the block itself (the float copy of a block,
+which nothing quantizes, is then computed once per batch): a call returns the output stored by the previous
 pass over the same calibration batch when nothing it depends on has changed, i.e.
 - the module's parameters and buffers (and those of its submodules) were not modified in place
   (tensor version counters: SmoothQuant folding, weight write-back) and its forward hooks
@@ -81,11 +82,12 @@ class BlockMemo:
         self.wrapped = [m for m in block.modules() if m is not block and not isinstance(m, torch.nn.Linear)
                         and "forward" not in vars(m)]
         ids = {id(m) for m in self.wrapped}
-        self.inside = {id(m): [id(d) for d in m.modules() if d is not m and id(d) in ids] for m in self.wrapped}
-        self.linears = {id(m): {d for d in m.modules() if isinstance(d, torch.nn.Linear)} for m in self.wrapped}
+        every = [block] + self.wrapped
+        self.inside = {id(m): [id(d) for d in m.modules() if d is not m and id(d) in ids] for m in every}
+        self.linears = {id(m): {d for d in m.modules() if isinstance(d, torch.nn.Linear)} for m in every}
 
     def __enter__(self):
-        outer = self.block.forward
+        outer = self._wrap(self.block, self.block.forward)
 
         def block_forward(x, *args, **kwargs):
             self.batch = x

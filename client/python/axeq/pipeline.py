@@ -262,9 +262,9 @@ class _Run:
             memos = [stack.enter_context(BlockMemo(b, self.o["memo_bytes"] // len(carried)))
                      for b in carried if self.o["memo_bytes"]]
             for i, names in enumerate(groups):
-                for memo in memos:  # layers that will change: modules holding them are not kept
-                    mods = dict(memo.block.named_modules())
-                    memo.pending = {mods[n] for g in groups[i:] for n in g}
+                for memo in memos:  # layers that will change: modules holding them are not kept (the
+                    mods = dict(memo.block.named_modules())  # float block's change only by SmoothQuant)
+                    memo.pending = {mods[n] for g in groups[i:] for n in g} if memo.block is block else set()
                 self.group(prefix, block, fblock, names, qstream, fstream, pairs, progress)
                 self.xx = None
                 release_freed_memory()
