@@ -114,10 +114,8 @@ class _Run:
         return replace(c, method="base", weight_bits=m, input_bits=n)
 
     def float_inputs(self, fblock, fstream, names, mods, pair):
-        """The group's inputs X from the float stream when something reads them (SmoothQuant's
-        scales, rows uploads, GPFQ's X~^T X, relative errors, bias correction's means), else None:
-        OPTQ with "auto" ranges carries the float stream only for _Run.choose, which needs no X
-        (a [D, K] copy and a pass over the float block saved per group)."""
+        """The group's float-stream inputs X if read (SmoothQuant, rows, GPFQ, relative errors,
+        bias correction), else None: OPTQ's "auto" carries the float stream only for choose."""
         if fblock is None:
             return None
         cfgs = [(self.layer_config(mods[n]), mods[n].bias is not None) for n in names]
@@ -303,8 +301,9 @@ def quantize_model(model, batches, client: Client, config: Config | None = None,
     sub-results across the passes over a block (default: MEMO_STREAM_COPIES copies of one stream's
     hidden states, at least MEMO_MIN_BYTES; 0 turns it off; results are the same either way).
     Memory: the model, one float copy of the current block, the streams, the memo, one group's
-    inputs and its statistics; freed heap memory is returned to the system between phases
-    (axeq.memo.release_freed_memory) unless axeq.memo.keep_freed_memory() asked to keep it. The activation range is fitted by config.act_range on X~; with "auto" (the default)
+    inputs and its statistics; freed heap is returned between phases (axeq.memo.release_freed_memory)
+    unless axeq.memo.keep_freed_memory() was called. The activation range is fitted by
+    config.act_range on X~; with "auto" (the default)
     each group is quantized with every range of ActivationQuantizer.candidates and the one whose
     block output is closest to the float block's is kept (_Run.choose; the float stream is carried
     for it). Layers outside the blocks (embeddings, classifier) stay float. ValueError on bad options."""
