@@ -5,7 +5,10 @@ activations, every layer is certified, and the run prints time, RSS and the shar
 waiting for the server (figures for docs/pipeline-benchmarks.md; never asserted). The RSS baseline
 is taken after a tiny model went through the same client (PyTorch's kernels, the BLAS's buffers
 and gRPC initialised), so that the growth is the pipeline's own.
-AXEQ_LARGE_SCALE=0.5 halves dim, hidden and tokens for a quicker run; AXEQ_LARGE_THREADS sets
+AXEQ_LARGE_SCALE=0.5 halves dim, hidden and tokens for a quicker run (figures only: the bound,
+the issue's for this model, then fails, 466 vs 362 MiB on 2026-11-28, because costs that do not
+shrink with the model weigh double: the memo's 64 MiB minimum, heap freed since the last trim,
+the attention's 16 MiB chunks); AXEQ_LARGE_THREADS sets
 PyTorch's threads (default 1: its own kernels here are element-wise; the BLAS has its threads)."""
 import json
 import os
