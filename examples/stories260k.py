@@ -12,6 +12,7 @@ certificate re-verified client-side against the configuration asked for.
 Without --server it starts $AXEQ_BUILD_DIR/server/axeq-server (default build/) on a free port;
 the Python stubs are taken from $AXEQ_BUILD_DIR/python unless axeq is installed."""
 import argparse
+import ctypes
 import json
 import os
 import subprocess
@@ -124,11 +125,12 @@ def main(argv=None):
     ap.add_argument("--out", help="write the markdown table here")
     ap.add_argument("--json", help="write one JSON object per row here")
     ap.add_argument("--threads", type=int, default=1,
-                    help="PyTorch threads (default 1: this model's kernels are too small to share, and the "
-                         "server needs the other core; docs/pipeline-benchmarks.md)")
+                    help="PyTorch and OpenBLAS threads (default 1: this model's kernels are too small to "
+                         "share, and the server needs the other core; docs/pipeline-benchmarks.md)")
     a = ap.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(a.threads)  # fixed, so that every figure is reproducible
+    set_openblas_threads(a.threads)  # its own pool: the figures' last bits depend on its split too
     keep_freed_memory()  # the pipeline's passes reuse freed buffers instead of faulting in new pages
     ckpt = os.path.join(a.data, "stories260K", "stories260K.bin")
     if not os.path.exists(ckpt):
@@ -246,6 +248,22 @@ N and M the configuration asked for. Codes != base: the fraction of integer code
 base algorithm's row (same algorithm and activation ranges); 0 means the constraint never bound and the
 row must score exactly as the base. Seconds: wall time of the pipeline for the configuration.
 """
+
+
+def set_openblas_threads(n: int) -> bool:
+    """OpenBLAS (when it is the libblas.so.3 numpy and torch loaded) keeps its own thread pool, which
+    torch.set_num_threads does not reach: with 2 threads on 2 shared cores each small product waits for
+    a descheduled thread (stories260K row: 4.7 s vs 2.5 s at load 3), and the split changes the
+    statistics' last bits. Sets it to n threads; False when no OpenBLAS is loaded."""
+    try:
+        with open("/proc/self/maps") as f:
+            path = next((line.split()[-1] for line in f if "libopenblas" in line.split()[-1]), None)
+    except OSError:
+        return False
+    if path is None:
+        return False
+    ctypes.CDLL(path).openblas_set_num_threads(int(n))
+    return True
 
 
 def blas() -> str:
