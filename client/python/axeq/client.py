@@ -94,6 +94,44 @@ def _error_or_inf(r) -> float:
     return e if e == e else float("inf")
 
 
+def _upload_messages(header, tensors, rows, progress):
+    """The serialized UploadRequests of one layer: header, tensor chunks (then rows chunks), commit.
+    Reports upload progress ("UPLOADING", fraction of bytes sent) at most every 0.1 s and at the
+    end; runs on gRPC's sending thread."""
+    k = header.inputs
+    total = sum(a.nbytes for _, a in tensors) + (0 if rows is None else rows[0].nbytes * (1 if rows[1] is None else 2))
+    sent, last = 0, 0.0
+
+    def uploaded(nbytes):
+        nonlocal sent, last
+        sent += nbytes
+        now = time.monotonic()
+        if progress and (sent == total or now - last > 0.1):
+            progress("UPLOADING", sent / total if total else 1.0)
+            last = now
+
+    yield pb.UploadRequest(header=header).SerializeToString()
+    n = 0
+    for kind, a in tensors:
+        flat = memoryview(a.reshape(-1)).cast("B")
+        step = CHUNK_BYTES // 4 * 4
+        for off in range(0, flat.nbytes, step):
+            chunk = flat[off:off + step]
+            yield encode_tensor_chunk(kind, off // 4, chunk)
+            n += 1
+            uploaded(chunk.nbytes)
+    if rows is not None:
+        x, xq = rows
+        per = max(1, CHUNK_BYTES // 2 // (4 * k))
+        for r0 in range(0, x.shape[0], per):
+            xs = x[r0:r0 + per]
+            yield pb.UploadRequest(rows=pb.RowsChunk(row_offset=r0, inputs=xs.tobytes(),
+                                                     quant_inputs=b"" if xq is None else xq[r0:r0 + per].tobytes())).SerializeToString()
+            n += 1
+            uploaded(xs.nbytes * (1 if xq is None else 2))
+    yield pb.UploadRequest(commit=pb.Commit(chunks=n)).SerializeToString()
+
+
 class Client:
     """A connection to axeq-server, or to several replicas behind one gRPC target.
 
@@ -208,41 +246,8 @@ class Client:
             xq = None if quant_inputs is None else _f32(quant_inputs, "quant_inputs", x.shape)
             rows = (x, xq)
 
-        total = sum(a.nbytes for _, a in tensors) + (0 if rows is None else rows[0].nbytes * (1 if rows[1] is None else 2))
-
-        def requests():
-            # Upload progress ("UPLOADING", fraction of bytes sent), at most every 0.1 s and at the
-            # end; called from gRPC's sending thread.
-            sent, last = 0, 0.0
-
-            def uploaded(nbytes):
-                nonlocal sent, last
-                sent += nbytes
-                now = time.monotonic()
-                if progress and (sent == total or now - last > 0.1):
-                    progress("UPLOADING", sent / total if total else 1.0)
-                    last = now
-
-            yield pb.UploadRequest(header=header).SerializeToString()
-            n = 0
-            for kind, a in tensors:
-                flat = memoryview(a.reshape(-1)).cast("B")
-                step = CHUNK_BYTES // 4 * 4
-                for off in range(0, flat.nbytes, step):
-                    chunk = flat[off:off + step]
-                    yield encode_tensor_chunk(kind, off // 4, chunk)
-                    n += 1
-                    uploaded(chunk.nbytes)
-            if rows is not None:
-                x, xq = rows
-                per = max(1, CHUNK_BYTES // 2 // (4 * k))
-                for r0 in range(0, x.shape[0], per):
-                    xs = x[r0:r0 + per]
-                    yield pb.UploadRequest(rows=pb.RowsChunk(row_offset=r0, inputs=xs.tobytes(),
-                                                             quant_inputs=b"" if xq is None else xq[r0:r0 + per].tobytes())).SerializeToString()
-                    n += 1
-                    uploaded(xs.nbytes * (1 if xq is None else 2))
-            yield pb.UploadRequest(commit=pb.Commit(chunks=n)).SerializeToString()
+        def requests():  # a fresh stream of messages for every attempt
+            return _upload_messages(header, tensors, rows, progress)
 
         return self._with_retries(lambda: self._collect(
             self._quantize_raw(requests(), timeout=self.deadline, metadata=self._metadata), progress))
