@@ -141,8 +141,7 @@ void JobManager::StoreResult(Job& job, QuantizedLayer&& layer) {
 bool JobManager::FailLocked(const std::shared_ptr<Job>& job, const absl::Status& status) {
   if (IsTerminal(job->state)) return false;
   absl::Status st = status;
-  if (st.code() == absl::StatusCode::kCancelled &&
-      std::chrono::system_clock::now() >= job->deadline)
+  if (st.code() == absl::StatusCode::kCancelled && DeadlinePassed(job->deadline))
     st = absl::DeadlineExceededError("the job's deadline passed");
   if (job->state == JobState::kRunning || job->state == JobState::kCancelling) {  // ends in Run()
     job->stop_code = st.code();
@@ -243,7 +242,7 @@ void JobManager::Run(const std::shared_ptr<Job>& job) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   absl::Status st = r.status();
   if (st.code() == absl::StatusCode::kCancelled) {
-    if (std::chrono::system_clock::now() > job->deadline)
+    if (DeadlinePassed(job->deadline))
       st = absl::DeadlineExceededError("the job's deadline passed");
     else if (job->stop_code == absl::StatusCode::kUnavailable)
       st = absl::UnavailableError(

@@ -110,6 +110,14 @@ struct Job {
   std::string durable_path;
 };
 
+// True once `deadline` (not max) has passed, within the slack of gRPC's deadline timers, which can
+// end a call a few milliseconds before the system clock reaches its deadline: a call cancelled that
+// close to its deadline was ended by it (DEADLINE_EXCEEDED, not CANCELLED).
+inline bool DeadlinePassed(std::chrono::system_clock::time_point deadline) {
+  return deadline != std::chrono::system_clock::time_point::max() &&
+         std::chrono::system_clock::now() + std::chrono::milliseconds(50) >= deadline;
+}
+
 struct AdmitRequest {
   std::string principal, layer_name, idempotency_key;
   int64_t bytes = 0;  // the job's whole peak memory; < 0 means the estimate overflowed

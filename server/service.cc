@@ -173,7 +173,7 @@ class QuantizerService final : public v1::Quantizer::Service {
     for (;;) {
       if (ctx->IsCancelled()) {
         if (owner_call) {
-          const bool deadline = std::chrono::system_clock::now() >= ctx->deadline();
+          const bool deadline = DeadlinePassed(ctx->deadline());
           jobs_->Fail(job_ptr, deadline ? absl::DeadlineExceededError("the call's deadline passed")
                                         : absl::CancelledError("the client cancelled the call"));
         }

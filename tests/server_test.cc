@@ -869,6 +869,7 @@ std::string StartBigJob(RemoteClient* client, std::thread* runner, absl::StatusC
 TEST(ServerCancel, CancelAnswersCancellingAndDeadlinesRecordDeadlineExceeded) {
   auto opts = Plain();
   opts.jobs.workers = 1;
+  opts.jobs.compute_threads = 1;  // the deadline job below must outlast its 2 s on a quiet machine
   auto srv = Server::Start(opts);
   ASSERT_TRUE(srv.ok());
   auto client = ClientFor((*srv)->port());
@@ -894,7 +895,7 @@ TEST(ServerCancel, CancelAnswersCancellingAndDeadlinesRecordDeadlineExceeded) {
   RemoteOptions ro;
   ro.address = "127.0.0.1:" + std::to_string((*srv)->port());
   ro.max_attempts = 1;
-  ro.deadline_seconds = 3;  // the upload (48 MB) arrives first, then the job runs into the deadline
+  ro.deadline_seconds = 2;  // the upload (48 MB) arrives first, then the job runs into the deadline
   EXPECT_EQ((*RemoteClient::Connect(ro))->Quantize(l).status().code(),
             absl::StatusCode::kDeadlineExceeded);
   std::string deadline_id;
