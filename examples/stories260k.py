@@ -250,16 +250,21 @@ row must score exactly as the base. Seconds: wall time of the pipeline for the c
 """
 
 
+def loaded_blas() -> list[str]:
+    """Paths of the BLAS/LAPACK libraries this process has mapped (empty if /proc is unreadable)."""
+    try:
+        with open("/proc/self/maps") as f:
+            return sorted({line.split()[-1] for line in f if "blas" in line.split()[-1]})
+    except OSError:
+        return []
+
+
 def set_openblas_threads(n: int) -> bool:
     """OpenBLAS (when it is the libblas.so.3 numpy and torch loaded) keeps its own thread pool, which
     torch.set_num_threads does not reach: with 2 threads on 2 shared cores each small product waits for
     a descheduled thread (stories260K row: 4.7 s vs 2.5 s at load 3), and the split changes the
     statistics' last bits. Sets it to n threads; False when no OpenBLAS is loaded."""
-    try:
-        with open("/proc/self/maps") as f:
-            path = next((line.split()[-1] for line in f if "libopenblas" in line.split()[-1]), None)
-    except OSError:
-        return False
+    path = next((p for p in loaded_blas() if "libopenblas" in os.path.basename(p)), None)
     if path is None:
         return False
     ctypes.CDLL(path).openblas_set_num_threads(int(n))
@@ -268,13 +273,9 @@ def set_openblas_threads(n: int) -> bool:
 
 def blas() -> str:
     """The BLAS library this process loaded (the figures' last bits depend on it)."""
-    try:
-        with open("/proc/self/maps") as f:
-            libs = {os.path.relpath(line.split()[-1], "/usr/lib/x86_64-linux-gnu") if "x86_64" in line
-                    else os.path.basename(line.split()[-1]) for line in f if "blas" in line.split()[-1]}
-    except OSError:
-        return "BLAS unknown"
-    return ", ".join(sorted(libs)) or "BLAS unknown"
+    libs = [os.path.relpath(p, "/usr/lib/x86_64-linux-gnu") if "x86_64" in p else os.path.basename(p)
+            for p in loaded_blas()]
+    return ", ".join(libs) or "BLAS unknown"
 
 
 def write_markdown(a, rows, nb):
